@@ -1,0 +1,576 @@
+//! The safe Rust SDK for sockd plugins.
+//!
+//! Implement [`Plugin`] and export it with [`export_plugin!`]; the macro
+//! builds the static descriptor and the `extern "C"` entry points, each
+//! wrapped in `catch_unwind` so a panic becomes an error on the channel
+//! instead of aborting the daemon. A plugin author writes no `unsafe`.
+//!
+//! ```ignore
+//! struct Echo;
+//! impl sockd_plugin::Plugin for Echo {
+//!     fn init(_host: sockd_plugin::Host, _config: &str) -> Result<Self, String> { Ok(Echo) }
+//!     fn handle(&self, call: &sockd_plugin::Call<'_>) -> Result<(), sockd_plugin::Failure> {
+//!         let ch = call.channel();
+//!         let mut buf = vec![0; 64 * 1024];
+//!         while let sockd_plugin::Input::Data { stream, len } = ch.read(&mut buf, None)? {
+//!             ch.write(stream, &buf[..len])?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//! sockd_plugin::export_plugin!(name: "echo", version: "1.0.0", commands: ["echo"], plugin: Echo);
+//! ```
+//!
+//! See docs/PLUGINS.md for the lifecycle and threading rules.
+
+pub mod sys;
+
+use std::ffi::c_void;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+use sys::{SockdCall, SockdHost, SockdStr};
+
+/// Well-known streams (see `stream` in docs/PROTOCOL.md).
+pub mod stream {
+    pub const MAIN: u8 = super::sys::SOCKD_STREAM_MAIN;
+    pub const DIAG: u8 = super::sys::SOCKD_STREAM_DIAG;
+    pub const CONTROL: u8 = super::sys::SOCKD_STREAM_CONTROL;
+}
+
+/// Error codes a handler can end a call with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Code {
+    RateLimited = sys::SOCKD_E_RATE_LIMITED,
+    Unavailable = sys::SOCKD_E_UNAVAILABLE,
+    BadRequest = sys::SOCKD_E_BAD_REQUEST,
+    PermissionDenied = sys::SOCKD_E_PERMISSION_DENIED,
+    NotFound = sys::SOCKD_E_NOT_FOUND,
+    AlreadyExists = sys::SOCKD_E_ALREADY_EXISTS,
+    NotADirectory = sys::SOCKD_E_NOT_A_DIRECTORY,
+    IsADirectory = sys::SOCKD_E_IS_A_DIRECTORY,
+    QuotaExceeded = sys::SOCKD_E_QUOTA_EXCEEDED,
+    NoSpace = sys::SOCKD_E_NO_SPACE,
+    NameTooLong = sys::SOCKD_E_NAME_TOO_LONG,
+    TooLarge = sys::SOCKD_E_TOO_LARGE,
+    Timeout = sys::SOCKD_E_TIMEOUT,
+    Cancelled = sys::SOCKD_E_CANCELLED,
+    Busy = sys::SOCKD_E_BUSY,
+    Internal = sys::SOCKD_E_INTERNAL,
+    Conflict = sys::SOCKD_E_CONFLICT,
+    DirectoryNotEmpty = sys::SOCKD_E_DIRECTORY_NOT_EMPTY,
+}
+
+/// Why a call failed: a code for the client's exit status and a message
+/// for its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: Code,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Failure { code, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(Code::BadRequest, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Code::Internal, message)
+    }
+
+    /// Maps an I/O error to the closest code, prefixing `context` (usually
+    /// the path the user named) to the message.
+    pub fn io(context: impl fmt::Display, e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let code = match e.kind() {
+            K::NotFound => Code::NotFound,
+            K::PermissionDenied => Code::PermissionDenied,
+            K::AlreadyExists => Code::AlreadyExists,
+            K::NotADirectory => Code::NotADirectory,
+            K::IsADirectory => Code::IsADirectory,
+            K::DirectoryNotEmpty => Code::DirectoryNotEmpty,
+            K::StorageFull | K::QuotaExceeded => Code::NoSpace,
+            K::InvalidFilename => Code::NameTooLong,
+            K::InvalidInput => Code::BadRequest,
+            K::TimedOut => Code::Timeout,
+            _ => Code::Internal,
+        };
+        let text = match e.raw_os_error() {
+            // Strip the "(os error N)" suffix: it means nothing to a user.
+            Some(_) => e.to_string().split(" (os error").next().unwrap_or_default().to_string(),
+            None => e.to_string(),
+        };
+        Failure::new(code, format!("{context}: {}", text.to_lowercase()))
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Why a channel operation did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelError {
+    /// The client cancelled the call or disconnected.
+    Cancelled,
+    /// The channel no longer exists (the call already ended).
+    Closed,
+    /// `read` waited for its whole timeout.
+    Timeout,
+    /// `try_write`: the client's window cannot take the data now.
+    WouldBlock,
+}
+
+impl ChannelError {
+    fn from_code(code: i64) -> Self {
+        match -code as i32 {
+            sys::SOCKD_E_TIMEOUT => ChannelError::Timeout,
+            sys::SOCKD_E_WOULD_BLOCK => ChannelError::WouldBlock,
+            sys::SOCKD_E_CANCELLED => ChannelError::Cancelled,
+            _ => ChannelError::Closed,
+        }
+    }
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChannelError::Cancelled => "the client cancelled or disconnected",
+            ChannelError::Closed => "the channel is closed",
+            ChannelError::Timeout => "timed out waiting for the client",
+            ChannelError::WouldBlock => "the client's window is full",
+        })
+    }
+}
+
+impl std::error::Error for ChannelError {}
+
+impl From<ChannelError> for Failure {
+    fn from(e: ChannelError) -> Self {
+        let code = match e {
+            ChannelError::Timeout => Code::Timeout,
+            ChannelError::WouldBlock => Code::Busy,
+            ChannelError::Cancelled | ChannelError::Closed => Code::Cancelled,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+/// Log levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Level {
+    Error = sys::SOCKD_LOG_ERROR,
+    Warn = sys::SOCKD_LOG_WARN,
+    Info = sys::SOCKD_LOG_INFO,
+    Debug = sys::SOCKD_LOG_DEBUG,
+}
+
+/// The daemon's services. Cheap to copy, usable from any thread, valid for
+/// the life of the process.
+#[derive(Clone, Copy)]
+pub struct Host {
+    raw: &'static SockdHost,
+}
+
+/// What [`Host::push_user`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// Channels that took the message.
+    pub delivered: u64,
+    /// Subscribed channels skipped because their window was full.
+    pub full: u64,
+}
+
+impl Host {
+    /// # Safety
+    /// `raw` must be the host table handed to `init`, which the daemon keeps
+    /// alive for the life of the process.
+    #[doc(hidden)]
+    pub unsafe fn from_raw(raw: *const SockdHost) -> Self {
+        // SAFETY: guaranteed by the caller.
+        Host { raw: unsafe { &*raw } }
+    }
+
+    pub fn log(&self, level: Level, message: &str) {
+        // SAFETY: the host table's functions are valid for the process's life;
+        // the message is borrowed for the duration of the call.
+        unsafe { (self.raw.log)(self.raw, level as u32, message.as_ptr(), message.len()) }
+    }
+
+    pub fn error(&self, message: &str) {
+        self.log(Level::Error, message)
+    }
+
+    pub fn warn(&self, message: &str) {
+        self.log(Level::Warn, message)
+    }
+
+    pub fn info(&self, message: &str) {
+        self.log(Level::Info, message)
+    }
+
+    pub fn debug(&self, message: &str) {
+        self.log(Level::Debug, message)
+    }
+
+    /// Sends `data` to every subscribed channel of this plugin owned by
+    /// `user`, without blocking.
+    pub fn push_user(&self, user: &str, stream: u8, data: &[u8]) -> Pushed {
+        let mut full = 0u64;
+        // SAFETY: all pointers are valid for the duration of the call.
+        let n = unsafe {
+            (self.raw.push_user)(self.raw, user.as_ptr(), user.len(), stream, data.as_ptr(), data.len(), &mut full)
+        };
+        Pushed { delivered: n.max(0) as u64, full }
+    }
+
+    /// True if `user` has at least one live session.
+    pub fn user_online(&self, user: &str) -> bool {
+        // SAFETY: the pointer is valid for the duration of the call.
+        unsafe { (self.raw.user_online)(user.as_ptr(), user.len()) != 0 }
+    }
+
+    /// A handle for a channel id kept from an earlier call.
+    pub fn channel(&self, id: u64) -> Channel {
+        Channel { host: *self, id }
+    }
+}
+
+/// What [`Channel::read`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// `len` bytes of `stream` were copied into the buffer.
+    Data { stream: u8, len: usize },
+    /// The client ended `stream`.
+    Eof { stream: u8 },
+}
+
+/// One call's channel to its client. Copy it to other threads freely: once
+/// the call has ended every operation returns [`ChannelError::Closed`].
+#[derive(Clone, Copy)]
+pub struct Channel {
+    host: Host,
+    id: u64,
+}
+
+impl Channel {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Waits for input; `None` waits without limit.
+    pub fn read(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Input, ChannelError> {
+        let timeout_ms = timeout.map_or(-1, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
+        let mut stream = 0u8;
+        // SAFETY: buf is valid for writes of buf.len() bytes during the call.
+        let n = unsafe { (self.host.raw.read)(self.id, &mut stream, buf.as_mut_ptr(), buf.len(), timeout_ms) };
+        match n {
+            n if n > 0 => Ok(Input::Data { stream, len: n as usize }),
+            0 => Ok(Input::Eof { stream }),
+            err => Err(ChannelError::from_code(err)),
+        }
+    }
+
+    /// Writes all of `data`, waiting while the client's window is full.
+    pub fn write(&self, stream: u8, data: &[u8]) -> Result<(), ChannelError> {
+        // SAFETY: data is valid for reads during the call.
+        let r = unsafe { (self.host.raw.write)(self.id, stream, data.as_ptr(), data.len()) };
+        if r == 0 { Ok(()) } else { Err(ChannelError::from_code(r.into())) }
+    }
+
+    /// Writes all of `data` now or nothing ([`ChannelError::WouldBlock`]).
+    pub fn try_write(&self, stream: u8, data: &[u8]) -> Result<(), ChannelError> {
+        // SAFETY: data is valid for reads during the call.
+        let r = unsafe { (self.host.raw.try_write)(self.id, stream, data.as_ptr(), data.len()) };
+        if r == 0 { Ok(()) } else { Err(ChannelError::from_code(r.into())) }
+    }
+
+    /// Tells the client that `stream` has ended.
+    pub fn write_eof(&self, stream: u8) -> Result<(), ChannelError> {
+        // SAFETY: plain value arguments.
+        let r = unsafe { (self.host.raw.write_eof)(self.id, stream) };
+        if r == 0 { Ok(()) } else { Err(ChannelError::from_code(r.into())) }
+    }
+
+    /// True once the client cancelled or disconnected.
+    pub fn is_cancelled(&self) -> bool {
+        // SAFETY: plain value argument.
+        unsafe { (self.host.raw.is_cancelled)(self.id) != 0 }
+    }
+
+    /// Sets the value (e.g. an exit status) and message sent with CLOSE.
+    pub fn set_result(&self, value: i64, message: &str) {
+        // SAFETY: message is valid for reads during the call.
+        unsafe { (self.host.raw.set_result)(self.id, value, message.as_ptr(), message.len()) };
+    }
+
+    /// Makes this channel a target of [`Host::push_user`].
+    pub fn subscribe(&self) -> Result<(), ChannelError> {
+        // SAFETY: plain value argument.
+        let r = unsafe { (self.host.raw.subscribe)(self.id) };
+        if r == 0 { Ok(()) } else { Err(ChannelError::from_code(r.into())) }
+    }
+}
+
+/// One command invocation.
+pub struct Call<'a> {
+    raw: &'a SockdCall,
+    host: Host,
+}
+
+fn utf8(s: SockdStr) -> &'static str {
+    // SAFETY: the host passes strings valid for the call; the 'static here
+    // never escapes Call's borrow because every accessor ties it to &self.
+    std::str::from_utf8(unsafe { s.as_slice() }).unwrap_or("")
+}
+
+impl<'a> Call<'a> {
+    pub fn host(&self) -> Host {
+        self.host
+    }
+
+    pub fn channel(&self) -> Channel {
+        Channel { host: self.host, id: self.raw.channel }
+    }
+
+    pub fn session_id(&self) -> u64 {
+        self.raw.session_id
+    }
+
+    /// The authenticated user.
+    pub fn user(&self) -> &str {
+        utf8(self.raw.user)
+    }
+
+    /// The user's home directory (may not exist yet).
+    pub fn home(&self) -> &Path {
+        Path::new(utf8(self.raw.home))
+    }
+
+    pub fn command(&self) -> &str {
+        utf8(self.raw.command)
+    }
+
+    /// The client's address, `ip:port`.
+    pub fn peer(&self) -> &str {
+        utf8(self.raw.peer)
+    }
+
+    /// The arguments as the client sent them.
+    pub fn args(&self) -> Vec<&[u8]> {
+        if self.raw.argv.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: the host passes argc valid sockd_str values, each valid
+        // until handle() returns, which outlives &self.
+        let argv = unsafe { std::slice::from_raw_parts(self.raw.argv, self.raw.argc) };
+        argv.iter().map(|a| unsafe { a.as_slice() }).collect()
+    }
+
+    /// The arguments as UTF-8, or a [`Code::BadRequest`] failure.
+    pub fn str_args(&self) -> Result<Vec<&str>, Failure> {
+        self.args()
+            .into_iter()
+            .map(|a| std::str::from_utf8(a).map_err(|_| Failure::bad_request("arguments must be UTF-8")))
+            .collect()
+    }
+
+    /// Shorthand for `self.channel().set_result(..)`.
+    pub fn set_result(&self, value: i64, message: &str) {
+        self.channel().set_result(value, message)
+    }
+}
+
+/// A plugin. One value per loaded build, shared by all calls (so `&self`).
+pub trait Plugin: Send + Sync + Sized + 'static {
+    /// Called once when this build is loaded, with the plugin's
+    /// `[plugins.NAME]` table as TOML text.
+    fn init(host: Host, config: &str) -> Result<Self, String>;
+
+    /// Called on reload with the new config.
+    fn configure(&self, _config: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Serves one call, on its own thread. May block.
+    fn handle(&self, call: &Call<'_>) -> Result<(), Failure>;
+
+    /// A session ended: drop what you kept for it.
+    fn session_closed(&self, _session_id: u64) {}
+
+    /// The daemon no longer uses this build.
+    fn shutdown(&self) {}
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
+
+/// The `extern "C"` glue instantiated by [`export_plugin!`].
+#[doc(hidden)]
+pub mod glue {
+    use super::*;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    /// What `*state` points to: the plugin and the host table it was given.
+    struct Instance<P> {
+        host: Host,
+        plugin: P,
+    }
+
+    fn config_text(config: SockdStr) -> String {
+        // SAFETY: the host passes config valid for the duration of the call.
+        String::from_utf8_lossy(unsafe { config.as_slice() }).into_owned()
+    }
+
+    /// # Safety
+    /// `state` must come from `init::<P>`; instances are never freed.
+    unsafe fn instance<'a, P>(state: *mut c_void) -> &'a Instance<P> {
+        // SAFETY: guaranteed by the caller.
+        unsafe { &*(state as *const Instance<P>) }
+    }
+
+    /// # Safety
+    /// Called by the daemon per the ABI: valid host and state pointers.
+    pub unsafe extern "C" fn init<P: Plugin>(host: *const SockdHost, config: SockdStr, state: *mut *mut c_void) -> i32 {
+        if host.is_null() || state.is_null() {
+            return sys::SOCKD_E_BAD_REQUEST;
+        }
+        // SAFETY: the daemon keeps the host table alive for the process's life.
+        let host = unsafe { Host::from_raw(host) };
+        let text = config_text(config);
+        match catch_unwind(AssertUnwindSafe(|| P::init(host, &text))) {
+            Ok(Ok(plugin)) => {
+                // Leaked on purpose: a loaded build is never unloaded.
+                let instance = Box::new(Instance { host, plugin });
+                // SAFETY: state is a valid out-pointer per the ABI.
+                unsafe { *state = Box::into_raw(instance).cast() };
+                sys::SOCKD_OK
+            }
+            Ok(Err(message)) => {
+                host.error(&format!("init failed: {message}"));
+                sys::SOCKD_E_BAD_REQUEST
+            }
+            Err(panic) => {
+                host.error(&format!("init panicked: {}", panic_message(&*panic)));
+                sys::SOCKD_E_PANICKED
+            }
+        }
+    }
+
+    /// # Safety
+    /// `state` must come from `init::<P>`.
+    pub unsafe extern "C" fn configure<P: Plugin>(state: *mut c_void, config: SockdStr) -> i32 {
+        // SAFETY: per this function's contract.
+        let instance = unsafe { instance::<P>(state) };
+        let text = config_text(config);
+        match catch_unwind(AssertUnwindSafe(|| instance.plugin.configure(&text))) {
+            Ok(Ok(())) => sys::SOCKD_OK,
+            Ok(Err(message)) => {
+                instance.host.error(&format!("configure failed: {message}"));
+                sys::SOCKD_E_BAD_REQUEST
+            }
+            Err(panic) => {
+                instance.host.error(&format!("configure panicked: {}", panic_message(&*panic)));
+                sys::SOCKD_E_PANICKED
+            }
+        }
+    }
+
+    /// # Safety
+    /// `state` must come from `init::<P>`; `call` valid until return.
+    pub unsafe extern "C" fn handle<P: Plugin>(state: *mut c_void, call: *const SockdCall) -> i32 {
+        if call.is_null() {
+            return sys::SOCKD_E_BAD_REQUEST;
+        }
+        // SAFETY: per this function's contract; call is valid until we return.
+        let (instance, raw) = unsafe { (instance::<P>(state), &*call) };
+        let call = Call { raw, host: instance.host };
+        match catch_unwind(AssertUnwindSafe(|| instance.plugin.handle(&call))) {
+            Ok(Ok(())) => sys::SOCKD_OK,
+            Ok(Err(failure)) => {
+                call.channel().set_result(0, &failure.message);
+                failure.code as i32
+            }
+            Err(panic) => {
+                call.channel().set_result(0, &format!("plugin panicked: {}", panic_message(&*panic)));
+                sys::SOCKD_E_PANICKED
+            }
+        }
+    }
+
+    /// # Safety
+    /// `state` must come from `init::<P>`.
+    pub unsafe extern "C" fn session_closed<P: Plugin>(state: *mut c_void, session_id: u64) {
+        // SAFETY: per this function's contract.
+        let instance = unsafe { instance::<P>(state) };
+        let _ = catch_unwind(AssertUnwindSafe(|| instance.plugin.session_closed(session_id)));
+    }
+
+    /// # Safety
+    /// `state` must come from `init::<P>`.
+    pub unsafe extern "C" fn shutdown<P: Plugin>(state: *mut c_void) {
+        // SAFETY: per this function's contract.
+        let instance = unsafe { instance::<P>(state) };
+        let _ = catch_unwind(AssertUnwindSafe(|| instance.plugin.shutdown()));
+    }
+}
+
+/// Exports a [`Plugin`] type as a sockd plugin: builds the static
+/// descriptor and the `sockd_plugin_entry` symbol.
+///
+/// ```ignore
+/// sockd_plugin::export_plugin!(
+///     name: "echo",
+///     version: env!("CARGO_PKG_VERSION"),
+///     commands: ["echo"],
+///     plugin: Echo,
+/// );
+/// ```
+#[macro_export]
+macro_rules! export_plugin {
+    (name: $name:literal, version: $version:expr, commands: [$($cmd:literal),+ $(,)?], plugin: $ty:ty $(,)?) => {
+        const _: () = {
+            static COMMANDS: $crate::sys::CommandList<{ [$($cmd),+].len() + 1 }> = $crate::sys::CommandList([
+                $(concat!($cmd, "\0").as_ptr().cast(),)+
+                ::std::ptr::null(),
+            ]);
+
+            static DESCRIPTOR: $crate::sys::SockdPlugin = $crate::sys::SockdPlugin {
+                magic: $crate::sys::SOCKD_PLUGIN_MAGIC,
+                size: ::std::mem::size_of::<$crate::sys::SockdPlugin>() as u32,
+                abi_major: $crate::sys::SOCKD_ABI_MAJOR,
+                abi_minor: $crate::sys::SOCKD_ABI_MINOR,
+                name: concat!($name, "\0").as_ptr().cast(),
+                version: concat!($version, "\0").as_ptr().cast(),
+                commands: &COMMANDS as *const _ as *const *const ::std::ffi::c_char,
+                init: Some($crate::glue::init::<$ty>),
+                configure: Some($crate::glue::configure::<$ty>),
+                handle: Some($crate::glue::handle::<$ty>),
+                session_closed: Some($crate::glue::session_closed::<$ty>),
+                shutdown: Some($crate::glue::shutdown::<$ty>),
+            };
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn sockd_plugin_entry() -> *const $crate::sys::SockdPlugin {
+                &DESCRIPTOR
+            }
+        };
+    };
+}
