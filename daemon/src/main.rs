@@ -1,1 +1,98 @@
-fn main() {}
+//! `sockd`: the daemon's command line. See `sockd --help` and sockd(8).
+
+use clap::Parser;
+use sockd::config::Config;
+use sockd::server::{DevOverrides, Startup};
+use sockd::{dev, logging, server};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "sockd", version, about = "TLS remote-access daemon with authenticated plugins")]
+struct Args {
+    /// Configuration file.
+    #[arg(long, short, value_name = "FILE", default_value = "/etc/sockd/sockd.toml", conflicts_with = "dev")]
+    config: PathBuf,
+
+    /// Development mode: create (or reuse) DIR with a self-signed certificate,
+    /// a demo user and a config, and run in the foreground.
+    #[arg(long, value_name = "DIR")]
+    dev: Option<PathBuf>,
+
+    /// Listen on ADDR instead of the configured addresses (port 0 picks a
+    /// free port; with --dev, client.toml records the port bound).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+
+    /// Check the configuration, users file and certificates, then exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match start(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sockd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: Args) -> Result<(), String> {
+    let mut overrides = DevOverrides { listen: args.listen, plugin_dir: None };
+    let config_path = match &args.dev {
+        Some(dir) => {
+            let config = dev::prepare(dir)?;
+            let exe = std::env::current_exe().map_err(|e| format!("cannot locate the sockd binary: {e}"))?;
+            overrides.plugin_dir = exe.parent().map(|p| p.to_path_buf());
+            config
+        }
+        None => args.config.clone(),
+    };
+    let mut config = Config::load(&config_path).map_err(|e| e.to_string())?;
+    overrides.apply(&mut config);
+
+    if args.check_config {
+        sockd::users::Users::load(&config.server.users_file())?;
+        sockd::tls::server_config(&config.tls.certificate, &config.tls.private_key)?;
+        println!("{}: configuration is valid", config_path.display());
+        return Ok(());
+    }
+
+    logging::init(&config.log);
+    // SAFETY: no other thread exists yet (the runtime is built below).
+    let inherited = unsafe { server::take_inherited_listeners()? };
+    // SAFETY: as above.
+    let watchdog = unsafe { sd_notify::watchdog_enabled_and_unset_env() };
+
+    let on_bound: Option<server::OnBound> = match &args.dev {
+        Some(dir) => {
+            let dir = dir.clone();
+            let cert = config.tls.certificate.clone();
+            let socket = config.control.socket.clone();
+            Some(Box::new(move |bound: &[SocketAddr]| {
+                dev::write_client_config(&dir, bound, &cert, &socket)?;
+                let port = bound.first().map(|a| a.port()).unwrap_or_default();
+                eprintln!(
+                    "sockd --dev: listening on 127.0.0.1:{port}\n  try: SOCKCTL_CONFIG={}/client.toml sockctl ping",
+                    dir.display()
+                );
+                Ok(())
+            }))
+        }
+        None => None,
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sockd-rt")
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(server::run(Startup { config, config_path, dev_overrides: overrides, on_bound, inherited, watchdog }))?;
+    // Plugin threads still blocked in a call must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}

@@ -1,0 +1,414 @@
+//! A channel: one operation on a connection, as seen from both sides.
+//!
+//! The connection's async reader feeds client input in with the `on_*`
+//! methods, which never block. A plugin thread consumes it with blocking
+//! [`Channel::read`] and answers with [`Channel::write`], which blocks while
+//! the client's credit is used up, so a slow client stalls its plugin, never
+//! the daemon, and memory per channel is bounded by the two windows.
+//!
+//! Plugins name channels by a process-wide `u64` handle (never reused)
+//! looked up in [`ChannelTable`], so a stale handle from a buggy plugin
+//! finds nothing instead of freed memory.
+
+use bytes::Bytes;
+use sockd_proto::{ErrorCode, Message};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Frames queued for the connection's writer task.
+pub type Outbound = mpsc::UnboundedSender<Message>;
+
+/// Why a channel operation did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelError {
+    Cancelled,
+    Closed,
+    Timeout,
+    WouldBlock,
+}
+
+/// What a read produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOutcome {
+    Data { stream: u8, len: usize },
+    Eof { stream: u8 },
+}
+
+enum Inbound {
+    Data { stream: u8, data: Bytes },
+    Eof { stream: u8 },
+}
+
+struct State {
+    inbound: VecDeque<Inbound>,
+    /// Credit the client may still use before we grant more.
+    recv_credit: u64,
+    /// Bytes the plugin consumed that we have not yet credited back.
+    consumed: u64,
+    /// Bytes we may still send to the client.
+    send_credit: u64,
+    cancelled: bool,
+    finished: bool,
+    result_value: i64,
+    result_message: String,
+    subscribed: bool,
+}
+
+/// Owner details a plugin host needs for routing and reporting.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub session_id: u64,
+    pub user: String,
+    pub plugin: String,
+}
+
+pub struct Channel {
+    /// Channel number on the wire.
+    pub wire_id: u32,
+    /// Process-wide handle given to plugins.
+    pub handle: u64,
+    pub owner: Owner,
+    out: Outbound,
+    window: u64,
+    max_chunk: usize,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// A client sent more than its credit allowed.
+#[derive(Debug)]
+pub struct CreditViolation {
+    pub sent: usize,
+    pub allowed: u64,
+}
+
+impl Channel {
+    /// `window`: credit we grant the client; `send_credit`: what the client
+    /// granted us in its HELLO; `max_chunk`: largest DATA payload we may send.
+    pub fn new(wire_id: u32, owner: Owner, out: Outbound, window: u32, send_credit: u32, max_chunk: usize) -> Arc<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Arc::new(Channel {
+            wire_id,
+            handle: NEXT.fetch_add(1, Ordering::Relaxed),
+            owner,
+            out,
+            window: window.into(),
+            max_chunk,
+            state: Mutex::new(State {
+                inbound: VecDeque::new(),
+                recv_credit: window.into(),
+                consumed: 0,
+                send_credit: send_credit.into(),
+                cancelled: false,
+                finished: false,
+                result_value: 0,
+                result_message: String::new(),
+                subscribed: false,
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave State inconsistent
+        // (every update is a single assignment), so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- connection side: never blocks ----
+
+    pub fn on_data(&self, stream: u8, data: Bytes) -> Result<(), CreditViolation> {
+        let mut s = self.lock();
+        let len = data.len() as u64;
+        if len > s.recv_credit {
+            return Err(CreditViolation { sent: data.len(), allowed: s.recv_credit });
+        }
+        s.recv_credit -= len;
+        if !s.cancelled && !data.is_empty() {
+            s.inbound.push_back(Inbound::Data { stream, data });
+            self.changed.notify_all();
+        }
+        Ok(())
+    }
+
+    pub fn on_eof(&self, stream: u8) {
+        let mut s = self.lock();
+        s.inbound.push_back(Inbound::Eof { stream });
+        self.changed.notify_all();
+    }
+
+    pub fn on_credit(&self, bytes: u32) {
+        let mut s = self.lock();
+        s.send_credit = s.send_credit.saturating_add(bytes.into());
+        self.changed.notify_all();
+    }
+
+    /// The client cancelled, or the connection is gone.
+    pub fn cancel(&self) {
+        let mut s = self.lock();
+        s.cancelled = true;
+        s.inbound.clear();
+        self.changed.notify_all();
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.lock().finished
+    }
+
+    // ---- plugin side: may block ----
+
+    pub fn read(&self, stream_out: &mut u8, buf: &mut [u8], timeout: Option<Duration>) -> Result<ReadOutcome, ChannelError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut s = self.lock();
+        loop {
+            if s.finished {
+                return Err(ChannelError::Closed);
+            }
+            if s.cancelled {
+                return Err(ChannelError::Cancelled);
+            }
+            match s.inbound.front_mut() {
+                Some(Inbound::Eof { stream }) => {
+                    let stream = *stream;
+                    s.inbound.pop_front();
+                    *stream_out = stream;
+                    return Ok(ReadOutcome::Eof { stream });
+                }
+                Some(Inbound::Data { stream, data }) => {
+                    let stream = *stream;
+                    let n = data.len().min(buf.len());
+                    buf[..n].copy_from_slice(&data[..n]);
+                    if n == data.len() {
+                        s.inbound.pop_front();
+                    } else {
+                        let rest = data.slice(n..);
+                        *data = rest;
+                    }
+                    self.consumed(&mut s, n as u64);
+                    *stream_out = stream;
+                    return Ok(ReadOutcome::Data { stream, len: n });
+                }
+                None => {}
+            }
+            s = match deadline {
+                None => self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(ChannelError::Timeout);
+                    }
+                    self.changed.wait_timeout(s, deadline - now).unwrap_or_else(|p| p.into_inner()).0
+                }
+            };
+        }
+    }
+
+    /// Returns credit to the client once half the window is consumed, so
+    /// credit frames stay rare.
+    fn consumed(&self, s: &mut State, n: u64) {
+        s.consumed += n;
+        if s.consumed >= self.window / 2 {
+            let grant = s.consumed.min(u32::MAX as u64);
+            s.consumed -= grant;
+            s.recv_credit += grant;
+            let _ = self.out.send(Message::Credit { channel: self.wire_id, bytes: grant as u32 });
+        }
+    }
+
+    fn send_chunk(&self, stream: u8, data: &[u8]) {
+        let _ = self.out.send(Message::Data { channel: self.wire_id, stream, data: Bytes::copy_from_slice(data) });
+    }
+
+    /// Writes all of `data`, waiting for credit as needed.
+    pub fn write(&self, stream: u8, data: &[u8]) -> Result<(), ChannelError> {
+        let mut rest = data;
+        let mut s = self.lock();
+        loop {
+            if s.finished {
+                return Err(ChannelError::Closed);
+            }
+            if s.cancelled {
+                return Err(ChannelError::Cancelled);
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+            if s.send_credit == 0 {
+                s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let n = rest.len().min(self.max_chunk).min(s.send_credit as usize);
+            s.send_credit -= n as u64;
+            self.send_chunk(stream, &rest[..n]);
+            rest = &rest[n..];
+        }
+    }
+
+    /// Writes all of `data` now, or nothing.
+    pub fn try_write(&self, stream: u8, data: &[u8]) -> Result<(), ChannelError> {
+        let mut s = self.lock();
+        if s.finished {
+            return Err(ChannelError::Closed);
+        }
+        if s.cancelled {
+            return Err(ChannelError::Cancelled);
+        }
+        if (data.len() as u64) > s.send_credit {
+            return Err(ChannelError::WouldBlock);
+        }
+        s.send_credit -= data.len() as u64;
+        for chunk in data.chunks(self.max_chunk.max(1)) {
+            self.send_chunk(stream, chunk);
+        }
+        Ok(())
+    }
+
+    pub fn write_eof(&self, stream: u8) -> Result<(), ChannelError> {
+        let s = self.lock();
+        if s.finished {
+            return Err(ChannelError::Closed);
+        }
+        if s.cancelled {
+            return Err(ChannelError::Cancelled);
+        }
+        let _ = self.out.send(Message::Eof { channel: self.wire_id, stream });
+        Ok(())
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.lock().cancelled
+    }
+
+    pub fn set_result(&self, value: i64, message: &str) -> Result<(), ChannelError> {
+        let mut s = self.lock();
+        if s.finished {
+            return Err(ChannelError::Closed);
+        }
+        s.result_value = value;
+        s.result_message = message.to_string();
+        Ok(())
+    }
+
+    pub fn subscribe(&self) -> Result<(), ChannelError> {
+        let mut s = self.lock();
+        if s.finished {
+            return Err(ChannelError::Closed);
+        }
+        s.subscribed = true;
+        Ok(())
+    }
+
+    pub fn is_subscribed(&self) -> bool {
+        let s = self.lock();
+        s.subscribed && !s.finished && !s.cancelled
+    }
+
+    /// Ends the call: sends CLOSE with `code` (and the result set by the
+    /// plugin, or `message` if it set none) and wakes any blocked thread.
+    pub fn finish(&self, code: ErrorCode, message: &str) {
+        let mut s = self.lock();
+        if s.finished {
+            return;
+        }
+        s.finished = true;
+        let text = if s.result_message.is_empty() { message.to_string() } else { std::mem::take(&mut s.result_message) };
+        let _ = self.out.send(Message::Close { channel: self.wire_id, code, value: s.result_value, message: text });
+        self.changed.notify_all();
+        drop(s);
+        ChannelTable::global().remove(self.handle);
+    }
+}
+
+/// All live channels by handle, for the plugin ABI.
+pub struct ChannelTable {
+    map: RwLock<HashMap<u64, Arc<Channel>>>,
+}
+
+impl ChannelTable {
+    pub fn global() -> &'static ChannelTable {
+        static TABLE: OnceLock<ChannelTable> = OnceLock::new();
+        TABLE.get_or_init(|| ChannelTable { map: RwLock::new(HashMap::new()) })
+    }
+
+    pub fn insert(&self, channel: Arc<Channel>) {
+        self.map.write().unwrap_or_else(|p| p.into_inner()).insert(channel.handle, channel);
+    }
+
+    pub fn get(&self, handle: u64) -> Option<Arc<Channel>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).get(&handle).cloned()
+    }
+
+    pub fn remove(&self, handle: u64) {
+        self.map.write().unwrap_or_else(|p| p.into_inner()).remove(&handle);
+    }
+
+    /// Channels matching `f` (push delivery).
+    pub fn matching(&self, f: impl Fn(&Channel) -> bool) -> Vec<Arc<Channel>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).values().filter(|c| f(c)).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(window: u32, credit: u32) -> (Arc<Channel>, mpsc::UnboundedReceiver<Message>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let owner = Owner { session_id: 1, user: "u".into(), plugin: "p".into() };
+        (Channel::new(1, owner, tx, window, credit, 4), rx)
+    }
+
+    #[test]
+    fn reads_split_large_frames_and_return_credit() {
+        let (ch, mut rx) = channel(8, 100);
+        ch.on_data(0, Bytes::from_static(b"abcdef")).unwrap();
+        let mut buf = [0u8; 4];
+        let mut stream = 9;
+        assert_eq!(ch.read(&mut stream, &mut buf, None), Ok(ReadOutcome::Data { stream: 0, len: 4 }));
+        assert_eq!(&buf, b"abcd");
+        assert_eq!(rx.try_recv().unwrap(), Message::Credit { channel: 1, bytes: 4 });
+        assert_eq!(ch.read(&mut stream, &mut buf, None), Ok(ReadOutcome::Data { stream: 0, len: 2 }));
+        assert!(ch.on_data(0, Bytes::from_static(b"123456789")).is_err(), "over credit");
+    }
+
+    #[test]
+    fn write_waits_for_credit() {
+        let (ch, mut rx) = channel(8, 3);
+        assert_eq!(ch.try_write(0, b"abcd"), Err(ChannelError::WouldBlock));
+        let writer = {
+            let ch = ch.clone();
+            std::thread::spawn(move || ch.write(0, b"abcdefgh"))
+        };
+        // The writer sends 3 bytes, then blocks until more credit arrives.
+        let first = rx.blocking_recv().unwrap();
+        assert!(matches!(first, Message::Data { ref data, .. } if &data[..] == b"abc"));
+        ch.on_credit(100);
+        assert_eq!(writer.join().unwrap(), Ok(()));
+    }
+
+    #[test]
+    fn cancel_wakes_readers_and_writers() {
+        let (ch, _rx) = channel(8, 0);
+        let reader = {
+            let ch = ch.clone();
+            std::thread::spawn(move || ch.read(&mut 0, &mut [0u8; 4], None))
+        };
+        let writer = {
+            let ch = ch.clone();
+            std::thread::spawn(move || ch.write(0, b"x"))
+        };
+        ch.cancel();
+        assert_eq!(reader.join().unwrap(), Err(ChannelError::Cancelled));
+        assert_eq!(writer.join().unwrap(), Err(ChannelError::Cancelled));
+        assert_eq!(ch.read(&mut 0, &mut [0u8; 1], Some(Duration::ZERO)), Err(ChannelError::Cancelled));
+    }
+
+    #[test]
+    fn read_times_out() {
+        let (ch, _rx) = channel(8, 0);
+        assert_eq!(ch.read(&mut 0, &mut [0u8; 1], Some(Duration::from_millis(10))), Err(ChannelError::Timeout));
+    }
+}

@@ -1,0 +1,361 @@
+//! One client connection: TLS handshake, HELLO, authentication, then the
+//! session loop that routes frames to channels until the client leaves, is
+//! kicked, idles out, or the daemon shuts down.
+//!
+//! Peer input never panics anything here: a bad frame becomes an ERROR
+//! frame naming the problem, then the connection closes. Other connections
+//! are unaffected.
+
+use crate::auth::{self, AuthEnd};
+use crate::channel::{Channel, ChannelTable, Owner};
+use crate::plugin::CallRequest;
+use crate::server::Shared;
+use crate::session::{Session, Sessions};
+use crate::shutdown::Shutdown;
+use futures_util::{SinkExt, StreamExt};
+use sockd_proto::auth::{CHANNEL_BINDING_LABEL, CHANNEL_BINDING_LEN};
+use sockd_proto::frame::{FrameError, MIN_MAX_FRAME};
+use sockd_proto::message::PROTOCOL_VERSION;
+use sockd_proto::{ErrorCode, FrameCodec, Hello, Message};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::Framed;
+
+type Transport = Framed<TlsStream<TcpStream>, FrameCodec>;
+
+/// Why a link ended; the peer has already been told where possible.
+#[derive(Debug)]
+pub enum LinkError {
+    /// The peer closed the connection.
+    Closed,
+    /// An I/O or TLS error.
+    Io(String),
+    /// The peer broke the protocol; an ERROR frame was sent.
+    Violation(String),
+}
+
+/// Typed message I/O over the framed TLS stream, before the session loop
+/// splits it into reader and writer halves.
+pub struct Link {
+    framed: Transport,
+    peer: SocketAddr,
+}
+
+impl Link {
+    pub async fn recv(&mut self) -> Result<Message, LinkError> {
+        match self.framed.next().await {
+            None => Err(LinkError::Closed),
+            Some(Err(FrameError::Io(e))) => Err(LinkError::Io(e.to_string())),
+            Some(Err(e)) => {
+                let code = match e {
+                    FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+                    _ => ErrorCode::Protocol,
+                };
+                Err(self.fail(code, &e.to_string()).await)
+            }
+            Some(Ok(frame)) => match Message::decode(frame) {
+                Ok(m) => Ok(m),
+                Err(e) => Err(self.fail(ErrorCode::Protocol, &e.to_string()).await),
+            },
+        }
+    }
+
+    pub async fn send(&mut self, m: Message) -> Result<(), LinkError> {
+        self.framed.send(m.encode()).await.map_err(|e| LinkError::Io(e.to_string()))
+    }
+
+    /// Sends a fatal ERROR and returns the violation to end the connection with.
+    pub async fn fail(&mut self, code: ErrorCode, message: &str) -> LinkError {
+        tracing::info!(peer = %self.peer, code = code.slug(), "closing connection: {message}");
+        let _ = self.send(Message::Error { code, message: message.to_string() }).await;
+        LinkError::Violation(message.to_string())
+    }
+
+    /// Anything but HELLO and the auth messages before login.
+    pub async fn refuse_before_auth(&mut self, got: &Message) -> LinkError {
+        let name = format!("{:?}", got.encode().kind);
+        self.fail(ErrorCode::NotAuthenticated, &format!("{name} is not allowed before authentication")).await
+    }
+}
+
+/// Serves one accepted TCP connection to the end.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: Shutdown) {
+    let config = shared.config();
+    let deadline = Instant::now() + config.auth.timeout();
+    let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls());
+    let tls = match timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let mut channel_binding = [0u8; CHANNEL_BINDING_LEN];
+    if let Err(e) = tls.get_ref().1.export_keying_material(&mut channel_binding, CHANNEL_BINDING_LABEL, None) {
+        tracing::error!(%peer, "TLS exporter failed: {e}");
+        return;
+    }
+    let framed = Framed::new(tls, FrameCodec::new(config.server.max_frame_size));
+    let mut link = Link { framed, peer };
+
+    let login = async {
+        let client_hello = hello(&mut link, &shared).await?;
+        let authenticated = auth::authenticate(&mut link, &shared, peer, &channel_binding).await.map_err(|e| match e {
+            AuthEnd::Link(e) => e,
+            AuthEnd::TooManyAttempts => LinkError::Violation("too many failed attempts".into()),
+        })?;
+        Ok::<_, LinkError>((client_hello, authenticated))
+    };
+    let (client_hello, authenticated) = match timeout_at(deadline, login).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "connection ended before login: {e:?}");
+            return;
+        }
+        Err(_) => {
+            let _ = link.fail(ErrorCode::AuthTimeout, "not authenticated in time").await;
+            return;
+        }
+    };
+
+    let session = Sessions::global().register(&authenticated.user, peer);
+    let ok = Message::AuthOk { server_signature: authenticated.server_signature, session_id: session.id };
+    if link.send(ok).await.is_ok() {
+        tracing::info!(%peer, user = %session.user, session = session.id, "session started");
+        run_session(link, &session, &client_hello, &shared, shutdown).await;
+        tracing::info!(%peer, user = %session.user, session = session.id, "session ended");
+    }
+    Sessions::global().remove(session.id);
+    shared.plugins().session_closed(session.id);
+}
+
+/// Reads the client's HELLO, checks it and answers with ours.
+async fn hello(link: &mut Link, shared: &Shared) -> Result<Hello, LinkError> {
+    let h = match link.recv().await? {
+        Message::Hello(h) => h,
+        other => return Err(link.refuse_before_auth(&other).await),
+    };
+    if h.version != PROTOCOL_VERSION {
+        let msg = format!("protocol version {} is not supported (this server speaks {PROTOCOL_VERSION})", h.version);
+        return Err(link.fail(ErrorCode::VersionMismatch, &msg).await);
+    }
+    if h.max_frame < MIN_MAX_FRAME || h.window == 0 {
+        let msg = format!("HELLO needs max_frame >= {MIN_MAX_FRAME} and a nonzero window");
+        return Err(link.fail(ErrorCode::Protocol, &msg).await);
+    }
+    let config = shared.config();
+    let send_max = h.max_frame.min(config.server.max_frame_size.max(MIN_MAX_FRAME));
+    link.framed.codec_mut().set_max_send(send_max);
+    link.send(Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: config.server.max_frame_size,
+        window: config.server.window,
+        software: format!("sockd {}", env!("CARGO_PKG_VERSION")),
+        identity: config.server.name.clone(),
+        capabilities: Vec::new(),
+    }))
+    .await?;
+    Ok(h)
+}
+
+/// The authenticated part of a connection.
+async fn run_session(link: Link, session: &Arc<Session>, client: &Hello, shared: &Arc<Shared>, mut shutdown: Shutdown) {
+    let peer = link.peer;
+    let max_chunk = FrameCodec::max_data_chunk(link.framed.codec().max_send());
+    let (mut sink, mut stream) = link.framed.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel::<u32>();
+
+    // The writer batches whatever is queued into one flush, and tells the
+    // reader when a channel's CLOSE has gone out.
+    let writer = tokio::spawn(async move {
+        while let Some(first) = out_rx.recv().await {
+            let mut next = Some(first);
+            while let Some(m) = next {
+                let closed = match &m {
+                    Message::Close { channel, .. } => Some(*channel),
+                    _ => None,
+                };
+                if sink.feed(m.encode()).await.is_err() {
+                    return;
+                }
+                if let Some(id) = closed {
+                    let _ = closed_tx.send(id);
+                }
+                next = out_rx.try_recv().ok();
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let config = shared.config();
+    let idle = config.server.idle_timeout();
+    let window = config.server.window;
+    let max_channels = config.server.max_channels_per_connection;
+    let mut channels: HashMap<u32, Arc<Channel>> = HashMap::new();
+    let mut kicked = session.kicked();
+    let mut going_away = false;
+    let mut idle_deadline = Instant::now() + idle;
+    let fatal = |code: ErrorCode, message: String| {
+        tracing::info!(%peer, session = session.id, code = code.slug(), "closing session: {message}");
+        let _ = out_tx.send(Message::Error { code, message });
+    };
+
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                idle_deadline = Instant::now() + idle;
+                let message = match frame {
+                    None => break,
+                    Some(Err(FrameError::Io(e))) => {
+                        tracing::debug!(%peer, "read error: {e}");
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        let code = if matches!(e, FrameError::TooLarge { .. }) { ErrorCode::FrameTooLarge } else { ErrorCode::Protocol };
+                        fatal(code, e.to_string());
+                        break;
+                    }
+                    Some(Ok(frame)) => match Message::decode(frame) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            fatal(ErrorCode::Protocol, e.to_string());
+                            break;
+                        }
+                    },
+                };
+                // CLOSEs already written free their channel numbers before
+                // the client can reuse one.
+                while let Ok(id) = closed_rx.try_recv() {
+                    channels.remove(&id);
+                    session.close_operation(id);
+                }
+                if going_away && channels.is_empty() {
+                    break;
+                }
+                match message {
+                    Message::Ping { payload } => {
+                        let _ = out_tx.send(Message::Pong { payload });
+                    }
+                    Message::Pong { .. } => {}
+                    Message::Open { channel: id, command, args } => {
+                        if channels.contains_key(&id) {
+                            fatal(ErrorCode::Protocol, format!("channel {id} is already open"));
+                            break;
+                        }
+                        let refuse = |code: ErrorCode, message: String| {
+                            let _ = out_tx.send(Message::Close { channel: id, code, value: 0, message });
+                        };
+                        if going_away {
+                            refuse(ErrorCode::ShuttingDown, "the server is shutting down".into());
+                            continue;
+                        }
+                        if channels.len() >= max_channels {
+                            refuse(ErrorCode::Busy, format!("too many open channels on this connection (maximum {max_channels})"));
+                            continue;
+                        }
+                        let plugins = shared.plugins();
+                        let Some(plugin) = plugins.plugin_for(&command) else {
+                            refuse(ErrorCode::UnknownCommand, format!("no plugin serves the command `{command}`"));
+                            continue;
+                        };
+                        let owner = Owner { session_id: session.id, user: session.user.clone(), plugin };
+                        let channel = Channel::new(id, owner, out_tx.clone(), window, client.window, max_chunk);
+                        ChannelTable::global().insert(channel.clone());
+                        channels.insert(id, channel.clone());
+                        session.open_operation(id, &command);
+                        let home = shared.config().server.home_root().join(&session.user);
+                        let request = CallRequest { channel: channel.clone(), session: session.clone(), home, command, args };
+                        if let Err((code, message)) = plugins.start_call(request) {
+                            channel.finish(code, &message);
+                        }
+                    }
+                    Message::Data { channel: id, stream, data } => {
+                        // Data for a channel that already closed is in flight; drop it.
+                        if let Some(ch) = channels.get(&id)
+                            && let Err(v) = ch.on_data(stream, data)
+                        {
+                            fatal(ErrorCode::Protocol, format!("channel {id}: {} bytes sent with only {} credit", v.sent, v.allowed));
+                            break;
+                        }
+                    }
+                    Message::Eof { channel: id, stream } => {
+                        if let Some(ch) = channels.get(&id) {
+                            ch.on_eof(stream);
+                        }
+                    }
+                    Message::Credit { channel: id, bytes } => {
+                        if let Some(ch) = channels.get(&id) {
+                            ch.on_credit(bytes);
+                        }
+                    }
+                    Message::Close { channel: id, .. } => {
+                        if let Some(ch) = channels.get(&id) {
+                            ch.cancel();
+                        }
+                    }
+                    Message::Error { code, message } => {
+                        tracing::info!(%peer, code = code.slug(), "client reported an error: {message}");
+                        break;
+                    }
+                    Message::GoAway { .. } => {}
+                    other => {
+                        let kind = other.encode().kind;
+                        fatal(ErrorCode::Protocol, format!("{kind:?} is not allowed after authentication"));
+                        break;
+                    }
+                }
+            }
+            Some(id) = closed_rx.recv() => {
+                channels.remove(&id);
+                session.close_operation(id);
+                if going_away && channels.is_empty() {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep_until(idle_deadline) => {
+                if channels.is_empty() {
+                    fatal(ErrorCode::IdleTimeout, format!("no activity for {} s", idle.as_secs()));
+                    break;
+                }
+                idle_deadline = Instant::now() + idle;
+            }
+            _ = kicked.changed() => {
+                fatal(ErrorCode::Kicked, "session closed by an administrator".into());
+                break;
+            }
+            _ = shutdown.recv(), if !going_away => {
+                going_away = true;
+                let _ = out_tx.send(Message::GoAway { code: ErrorCode::ShuttingDown, message: "the server is shutting down".into() });
+                if channels.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+
+    for ch in channels.values() {
+        ch.cancel();
+    }
+    drop(out_tx);
+    // Let queued frames (a final ERROR or GOAWAY) reach the client. The
+    // writer ends once every channel's plugin thread has dropped its sender;
+    // cancelled channels make that prompt, and a stuck plugin cannot hold
+    // the connection open past this bound.
+    let mut writer = writer;
+    if tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer).await.is_err() {
+        writer.abort();
+    }
+}

@@ -1,0 +1,495 @@
+//! The plugin host: loads plugins through the handler ABI and runs calls.
+//!
+//! - [`loader`]: permission check, private copy, `dlopen`, descriptor
+//!   validation and `init` of one build;
+//! - [`host_api`]: the `sockd_host` functions plugins call back into.
+//!
+//! Every configured plugin has a slot holding its current build (or why it
+//! failed). A call runs on its own thread and holds an `Arc` to the build it
+//! started on, so after `sockctl plugin reload` in-flight calls finish on
+//! the old code while new calls reach the new build; the old build's
+//! `shutdown` runs when its last call ends. A build whose calls panic
+//! `quarantine_after` times is quarantined: its commands are refused until
+//! the plugin is reloaded.
+//!
+//! Locks guard only the slot table and are never held while plugin code
+//! runs: a plugin that blocks in `init`, `configure` or `handle` stalls
+//! itself, not the daemon.
+
+pub mod host_api;
+pub mod loader;
+
+use crate::channel::Channel;
+use crate::config::{OnPluginError, PluginEntry, PluginsConfig};
+use crate::session::Session;
+use bytes::Bytes;
+use loader::{Build, LoadContext, LoadError};
+use sockd_plugin::sys::{self, SockdCall, SockdStr};
+use sockd_proto::ErrorCode;
+use sockd_proto::control::PluginInfo;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Stack size of a call thread. Plugins that need more spawn their own.
+const CALL_STACK: usize = 2 << 20;
+
+/// One command invocation handed to a plugin.
+pub struct CallRequest {
+    pub channel: Arc<Channel>,
+    pub session: Arc<Session>,
+    /// The user's home directory (state_dir/home/USER).
+    pub home: PathBuf,
+    pub command: String,
+    pub args: Vec<Bytes>,
+}
+
+/// Call counters of one plugin, over all its builds.
+#[derive(Default)]
+struct Stats {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    panics: AtomicU64,
+}
+
+/// One configured plugin.
+struct Slot {
+    entry: PluginEntry,
+    /// `dir/file`, as reported by `list`.
+    path: PathBuf,
+    /// The build new calls go to; `None` if the plugin failed to load.
+    current: Option<Arc<Build>>,
+    /// Replaced builds, kept until they are shut down so `session_closed`
+    /// and daemon shutdown still reach them.
+    old: Vec<Arc<Build>>,
+    /// Why the plugin is not loaded.
+    error: Option<String>,
+    stats: Arc<Stats>,
+    /// Successful loads, the first one included.
+    builds: u32,
+    /// A reload of this plugin is running.
+    reloading: bool,
+}
+
+impl Slot {
+    fn new(entry: PluginEntry, path: PathBuf) -> Self {
+        Slot {
+            entry,
+            path,
+            current: None,
+            old: Vec::new(),
+            error: None,
+            stats: Arc::default(),
+            builds: 0,
+            reloading: false,
+        }
+    }
+
+    fn quarantined(&self, after: u32) -> Option<u32> {
+        let panics = self.current.as_ref()?.panics.load(Ordering::SeqCst);
+        (panics >= after).then_some(panics)
+    }
+
+    fn info(&self, name: &str, quarantine_after: u32) -> PluginInfo {
+        let (state, error) = match (&self.current, self.quarantined(quarantine_after)) {
+            (None, _) => ("failed", self.error.clone()),
+            (Some(_), Some(n)) => ("quarantined", Some(format!("quarantined after {n} panics"))),
+            (Some(_), None) => ("loaded", None),
+        };
+        let build = self.current.as_deref();
+        PluginInfo {
+            name: name.to_string(),
+            version: build.map(|b| b.version.clone()).unwrap_or_default(),
+            abi: build.map_or_else(|| format!("{}.{}", sys::SOCKD_ABI_MAJOR, sys::SOCKD_ABI_MINOR), |b| b.abi.clone()),
+            file: self.path.display().to_string(),
+            commands: build.map(|b| b.commands.clone()).unwrap_or_default(),
+            state: state.to_string(),
+            calls: self.stats.calls.load(Ordering::Relaxed),
+            errors: self.stats.errors.load(Ordering::Relaxed),
+            panics: self.stats.panics.load(Ordering::Relaxed),
+            builds: self.builds,
+            error,
+        }
+    }
+
+    /// Every build that may still need `session_closed` or `shutdown`.
+    fn live_builds(&self) -> impl Iterator<Item = &Arc<Build>> {
+        self.current.iter().chain(self.old.iter()).filter(|b| !b.is_shut_down())
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    plugins: BTreeMap<String, Slot>,
+}
+
+impl Inner {
+    /// Commands served by loaded plugins other than `except`.
+    fn taken(&self, except: &str) -> HashMap<String, String> {
+        let mut out = HashMap::new();
+        for (name, slot) in self.plugins.iter().filter(|(n, _)| *n != except) {
+            for command in slot.current.iter().flat_map(|b| b.commands.iter()) {
+                out.insert(command.clone(), name.clone());
+            }
+        }
+        out
+    }
+
+    fn serving(&self, command: &str) -> Option<(&String, &Slot, &Arc<Build>)> {
+        self.plugins.iter().find_map(|(name, slot)| {
+            let build = slot.current.as_ref()?;
+            build.commands.iter().any(|c| c == command).then_some((name, slot, build))
+        })
+    }
+}
+
+pub struct PluginHost {
+    state_dir: PathBuf,
+    inner: Mutex<Inner>,
+    /// Shared with call threads, which decide on quarantine.
+    quarantine_after: Arc<AtomicU32>,
+    stopped: AtomicBool,
+}
+
+impl PluginHost {
+    /// Loads every plugin in `config`. With `on_error = "refuse"` the first
+    /// failure is returned; with `skip` it is recorded and reported by `list`.
+    pub fn load(config: &PluginsConfig, state_dir: &Path) -> Result<Arc<Self>, String> {
+        let host = PluginHost {
+            state_dir: state_dir.to_path_buf(),
+            inner: Mutex::new(Inner { dir: config.dir.clone(), plugins: BTreeMap::new() }),
+            quarantine_after: Arc::new(AtomicU32::new(config.quarantine_after)),
+            stopped: AtomicBool::new(false),
+        };
+        for (name, entry) in &config.entries {
+            match host.load_new(name, entry) {
+                Ok(()) => {}
+                Err(e) if config.on_error == OnPluginError::Skip => {
+                    tracing::error!("{e}");
+                    tracing::warn!(plugin = %name, "continuing without it (plugins.on_error = \"skip\")");
+                }
+                Err(e) => {
+                    host.shutdown();
+                    return Err(e.to_string());
+                }
+            }
+        }
+        Ok(Arc::new(host))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every update of Inner is a single insert or assignment, so a
+        // panic elsewhere cannot leave it half-changed.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads a plugin that has no slot yet and records the outcome in a
+    /// new slot (failed or loaded).
+    fn load_new(&self, name: &str, entry: &PluginEntry) -> Result<(), LoadError> {
+        let (dir, taken) = {
+            let inner = self.lock();
+            (inner.dir.clone(), inner.taken(name))
+        };
+        let cx = LoadContext { dir: &dir, state_dir: &self.state_dir, taken: &taken };
+        let result = loader::load(name, entry, &cx);
+        let mut slot = Slot::new(entry.clone(), loader::plugin_path(&dir, entry));
+        let outcome = match result {
+            Ok(build) => {
+                tracing::info!(
+                    plugin = %name, version = %build.version, file = %slot.path.display(),
+                    "plugin loaded; commands: {}", build.commands.join(", ")
+                );
+                slot.current = Some(Arc::new(build));
+                slot.builds = 1;
+                Ok(())
+            }
+            Err(e) => {
+                slot.error = Some(e.to_string());
+                Err(e)
+            }
+        };
+        self.lock().plugins.insert(name.to_string(), slot);
+        outcome
+    }
+
+    /// The plugin serving `command`, if any. A quarantined plugin is still
+    /// named here so that [`start_call`](Self::start_call) can say why it
+    /// refuses the call.
+    pub fn plugin_for(&self, command: &str) -> Option<String> {
+        self.lock().serving(command).map(|(name, _, _)| name.clone())
+    }
+
+    /// Runs the call on its own thread; the thread finishes the channel.
+    pub fn start_call(&self, req: CallRequest) -> Result<(), (ErrorCode, String)> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err((ErrorCode::ShuttingDown, "the server is shutting down".into()));
+        }
+        let after = self.quarantine_after.load(Ordering::SeqCst);
+        let (name, build, stats) = {
+            let inner = self.lock();
+            let Some((name, slot, build)) = inner.serving(&req.command) else {
+                return Err((ErrorCode::UnknownCommand, format!("no plugin serves the command `{}`", req.command)));
+            };
+            if let Some(n) = slot.quarantined(after) {
+                return Err((
+                    ErrorCode::Unavailable,
+                    format!("plugin {name} is quarantined after {n} panics; fix it and run `sockctl plugin reload {name}`"),
+                ));
+            }
+            // Counted while the build is still current, so a reload that
+            // retires it cannot miss this call (see Build::retire).
+            build.call_started();
+            (name.clone(), build.clone(), slot.stats.clone())
+        };
+        stats.calls.fetch_add(1, Ordering::Relaxed);
+        let call = RunningCall { name: name.clone(), build: build.clone(), stats, quarantine_after: self.quarantine_after.clone() };
+        let spawned =
+            std::thread::Builder::new().name(format!("plugin-{name}")).stack_size(CALL_STACK).spawn(move || call.run(req));
+        if let Err(e) = spawned {
+            build.call_ended();
+            tracing::error!(plugin = %name, "cannot start a call thread: {e}");
+            return Err((ErrorCode::Unavailable, format!("cannot start a thread for plugin {name}: {e}")));
+        }
+        Ok(())
+    }
+
+    /// A session ended: every live build may drop what it kept for it.
+    pub fn session_closed(&self, session_id: u64) {
+        let builds: Vec<Arc<Build>> = self.lock().plugins.values().flat_map(|s| s.live_builds().cloned()).collect();
+        for build in builds {
+            build.session_closed(session_id);
+        }
+    }
+
+    /// SIGHUP / `sockctl reload`: new config for every plugin.
+    ///
+    /// Loaded plugins get their new settings through `configure` (a new
+    /// `file` takes effect at the next `sockctl plugin reload NAME`). Newly
+    /// listed plugins are loaded; plugins no longer listed are retired. The
+    /// error, if any, lists every plugin that failed; the others are
+    /// reconfigured regardless.
+    pub fn reconfigure(&self, config: &PluginsConfig) -> Result<(), String> {
+        self.quarantine_after.store(config.quarantine_after, Ordering::SeqCst);
+        let mut to_configure = Vec::new();
+        let mut removed = Vec::new();
+        let mut added = Vec::new();
+        {
+            let mut inner = self.lock();
+            inner.dir = config.dir.clone();
+            let dir = inner.dir.clone();
+            for (name, entry) in &config.entries {
+                match inner.plugins.get_mut(name) {
+                    Some(slot) => {
+                        slot.entry = entry.clone();
+                        slot.path = loader::plugin_path(&dir, entry);
+                        if let Some(build) = &slot.current {
+                            to_configure.push((name.clone(), build.clone()));
+                        }
+                    }
+                    None => added.push((name.clone(), entry.clone())),
+                }
+            }
+            let gone: Vec<String> = inner.plugins.keys().filter(|n| !config.entries.contains_key(*n)).cloned().collect();
+            for name in gone {
+                if let Some(slot) = inner.plugins.remove(&name) {
+                    removed.push((name, slot));
+                }
+            }
+        }
+
+        let mut errors = Vec::new();
+        for (name, build) in to_configure {
+            let Some(entry) = config.entries.get(&name) else { continue };
+            let text = match toml::to_string(&entry.settings) {
+                Ok(text) => text,
+                Err(e) => {
+                    errors.push(format!("plugin \"{name}\": cannot render its settings as TOML: {e}"));
+                    continue;
+                }
+            };
+            if let Err(code) = build.configure(&text) {
+                errors.push(format!("plugin \"{name}\" rejected its new settings (configure returned {code})"));
+            }
+        }
+        for (name, slot) in removed {
+            tracing::info!(plugin = %name, "plugin no longer configured; retiring it");
+            for build in slot.live_builds() {
+                build.retire();
+            }
+        }
+        for (name, entry) in added {
+            match self.load_new(&name, &entry) {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!("{e}");
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("\n")) }
+    }
+
+    /// `sockctl plugin reload NAME`: loads the plugin's file again into a
+    /// new build. On success new calls go to it and the old build is shut
+    /// down once its last call ends; on failure the old build stays.
+    pub fn reload(&self, name: &str) -> Result<PluginInfo, (ErrorCode, String)> {
+        let (entry, dir, taken) = {
+            let mut inner = self.lock();
+            let taken = inner.taken(name);
+            let dir = inner.dir.clone();
+            let Some(slot) = inner.plugins.get_mut(name) else {
+                return Err((ErrorCode::NotFound, format!("no plugin named `{name}`")));
+            };
+            if slot.reloading {
+                return Err((ErrorCode::Busy, format!("a reload of plugin {name} is already running")));
+            }
+            slot.reloading = true;
+            (slot.entry.clone(), dir, taken)
+        };
+        let cx = LoadContext { dir: &dir, state_dir: &self.state_dir, taken: &taken };
+        let result = loader::load(name, &entry, &cx);
+
+        let after = self.quarantine_after.load(Ordering::SeqCst);
+        let mut inner = self.lock();
+        // Another plugin may have claimed one of the commands meanwhile.
+        let clash = result.as_ref().ok().and_then(|build| {
+            let taken = inner.taken(name);
+            build.commands.iter().find_map(|c| taken.get(c).map(|owner| (c.clone(), owner.clone())))
+        });
+        let Some(slot) = inner.plugins.get_mut(name) else {
+            drop(inner);
+            if let Ok(build) = result {
+                build.retire();
+            }
+            return Err((ErrorCode::NotFound, format!("plugin {name} was removed from the configuration during the reload")));
+        };
+        slot.reloading = false;
+        let build = match (result, clash) {
+            (Ok(build), None) => build,
+            (Ok(build), Some((command, owner))) => {
+                drop(inner);
+                build.retire();
+                return Err((
+                    ErrorCode::BadRequest,
+                    format!("plugin \"{name}\" refused: command `{command}` is already served by plugin \"{owner}\""),
+                ));
+            }
+            (Err(e), _) => {
+                let message = e.to_string();
+                if slot.current.is_none() {
+                    slot.error = Some(message.clone());
+                }
+                drop(inner);
+                tracing::error!("reload failed, keeping the running build: {message}");
+                return Err((ErrorCode::BadRequest, message));
+            }
+        };
+        let version = build.version.clone();
+        let old = slot.current.replace(Arc::new(build));
+        slot.error = None;
+        slot.builds += 1;
+        slot.old.retain(|b| !b.is_shut_down());
+        if let Some(old) = &old {
+            slot.old.push(old.clone());
+        }
+        let info = slot.info(name, after);
+        drop(inner);
+        match old {
+            Some(old) => {
+                tracing::info!(
+                    plugin = %name, "reloaded: {} -> {version}; {} call(s) finish on the old build",
+                    old.version, old.in_flight()
+                );
+                old.retire();
+            }
+            None => tracing::info!(plugin = %name, "loaded {version}"),
+        }
+        Ok(info)
+    }
+
+    pub fn list(&self) -> Vec<PluginInfo> {
+        let after = self.quarantine_after.load(Ordering::SeqCst);
+        self.lock().plugins.iter().map(|(name, slot)| slot.info(name, after)).collect()
+    }
+
+    /// Daemon shutdown: tell every build it is no longer used. New calls
+    /// are refused from now on.
+    pub fn shutdown(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let builds: Vec<Arc<Build>> = self.lock().plugins.values().flat_map(|s| s.live_builds().cloned()).collect();
+        for build in builds {
+            build.shutdown_once();
+        }
+    }
+}
+
+/// What a call thread needs besides the request.
+struct RunningCall {
+    name: String,
+    build: Arc<Build>,
+    stats: Arc<Stats>,
+    quarantine_after: Arc<AtomicU32>,
+}
+
+impl RunningCall {
+    fn run(self, req: CallRequest) {
+        let session = &req.session;
+        // Everything the call points to lives on this stack frame until
+        // handle() returns, as the ABI promises.
+        let peer = session.peer.to_string();
+        let argv: Vec<SockdStr> = req.args.iter().map(|a| SockdStr::from_slice(a)).collect();
+        let call = SockdCall {
+            size: size_of::<SockdCall>() as u32,
+            channel: req.channel.handle,
+            session_id: session.id,
+            user: SockdStr::from_slice(session.user.as_bytes()),
+            home: SockdStr::from_slice(req.home.as_os_str().as_bytes()),
+            command: SockdStr::from_slice(req.command.as_bytes()),
+            argc: argv.len(),
+            argv: argv.as_ptr(),
+            peer: SockdStr::from_slice(peer.as_bytes()),
+        };
+        tracing::debug!(plugin = %self.name, command = %req.command, session = session.id, "call started");
+        let status = self.build.handle(&call);
+        let (code, message) = self.outcome(status);
+        req.channel.finish(code, &message);
+        tracing::debug!(plugin = %self.name, command = %req.command, session = session.id, status, "call ended");
+        self.build.call_ended();
+    }
+
+    /// Maps handle()'s status to the CLOSE code, counting errors and panics.
+    fn outcome(&self, status: i32) -> (ErrorCode, String) {
+        if status == sys::SOCKD_OK {
+            return (ErrorCode::Ok, String::new());
+        }
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        // A C plugin may hand back a host function's negated result as is.
+        let code = match status.unsigned_abs() as i32 {
+            sys::SOCKD_E_PANICKED => return self.panicked(),
+            sys::SOCKD_E_WOULD_BLOCK => ErrorCode::Busy,
+            sys::SOCKD_E_CLOSED => ErrorCode::Cancelled,
+            n => match u16::try_from(n) {
+                Ok(n) if n != 0 => ErrorCode::from_u16(n),
+                _ => ErrorCode::Internal,
+            },
+        };
+        (code, code.description().to_string())
+    }
+
+    fn panicked(&self) -> (ErrorCode, String) {
+        self.stats.panics.fetch_add(1, Ordering::Relaxed);
+        let panics = self.build.panics.fetch_add(1, Ordering::SeqCst) + 1;
+        let after = self.quarantine_after.load(Ordering::SeqCst);
+        if panics == after && !self.build.is_retired() {
+            tracing::error!(
+                plugin = %self.name,
+                "plugin quarantined after {panics} panics; fix it and run `sockctl plugin reload {}`", self.name
+            );
+        } else {
+            tracing::warn!(plugin = %self.name, "a call panicked ({panics} of {after} before quarantine)");
+        }
+        (ErrorCode::Internal, format!("plugin {} panicked", self.name))
+    }
+}

@@ -1,0 +1,390 @@
+//! The server: shared state, listeners, connection limits, signals,
+//! reload and graceful shutdown.
+//!
+//! SIGTERM/SIGINT: stop accepting, tell sessions to go away, let in-flight
+//! operations finish for up to `shutdown_grace_secs`, then exit. SIGHUP (or
+//! `sockctl reload`): re-read config, users and certificates; live sessions
+//! keep going.
+
+use crate::config::Config;
+use crate::penalty::Penalties;
+use crate::plugin::PluginHost;
+use crate::session::Sessions;
+use crate::shutdown::{self, Shutdown, Trigger};
+use crate::users::Users;
+use crate::{control, notify};
+use rustls::ServerConfig;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// State every connection and the control socket share.
+pub struct Shared {
+    config: RwLock<Arc<Config>>,
+    users: RwLock<Arc<Users>>,
+    tls: RwLock<Arc<ServerConfig>>,
+    plugins: Arc<PluginHost>,
+    pub config_path: PathBuf,
+    pub penalties: Penalties,
+    /// Derives stable fake parameters for unknown users.
+    pub fake_secret: Vec<u8>,
+    pub started: Instant,
+    pub listen: Vec<SocketAddr>,
+    pub connections: AtomicUsize,
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+    /// Serialises writers of the users file.
+    pub users_write: tokio::sync::Mutex<()>,
+    /// Serialises reloads.
+    reload_lock: tokio::sync::Mutex<()>,
+    pub dev_overrides: DevOverrides,
+}
+
+/// Settings `--dev` and `--listen` impose over the config file, kept so a
+/// reload applies them again.
+#[derive(Debug, Clone, Default)]
+pub struct DevOverrides {
+    pub listen: Option<SocketAddr>,
+    pub plugin_dir: Option<PathBuf>,
+}
+
+impl DevOverrides {
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(addr) = self.listen {
+            config.server.listen = vec![addr];
+        }
+        if let Some(dir) = &self.plugin_dir
+            && !config.plugins.dir_explicit
+        {
+            config.plugins.dir = dir.clone();
+        }
+    }
+}
+
+impl Shared {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn users(&self) -> Arc<Users> {
+        self.users.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_users(&self, users: Users) {
+        *self.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
+    }
+
+    pub fn tls(&self) -> Arc<ServerConfig> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn plugins(&self) -> Arc<PluginHost> {
+        self.plugins.clone()
+    }
+
+    /// One-line live state for `STATUS=` and logs.
+    pub fn status_line(&self) -> String {
+        let plugins = self.plugins.list();
+        let loaded = plugins.iter().filter(|p| p.state == "loaded").count();
+        format!("{loaded} plugins, {} sessions, {} connections", Sessions::global().len(), self.connections.load(Ordering::Relaxed))
+    }
+
+    /// Re-reads config, users and certificates. On any error nothing changes.
+    pub async fn reload(&self) -> Result<String, String> {
+        let _guard = self.reload_lock.lock().await;
+        notify::reloading();
+        let result = self.reload_inner();
+        notify::ready(&self.status_line());
+        match &result {
+            Ok(summary) => tracing::info!("reloaded: {summary}"),
+            Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+        }
+        result
+    }
+
+    fn reload_inner(&self) -> Result<String, String> {
+        let mut config = Config::load(&self.config_path).map_err(|e| e.to_string())?;
+        self.dev_overrides.apply(&mut config);
+        let users = Users::load(&config.server.users_file())?;
+        let tls = crate::tls::server_config(&config.tls.certificate, &config.tls.private_key)?;
+        self.plugins.reconfigure(&config.plugins)?;
+        let old = self.config();
+        let mut notes = Vec::new();
+        if old.server.listen != config.server.listen {
+            notes.push("server.listen changed: restart sockd to apply it".to_string());
+        }
+        if old.control.socket != config.control.socket {
+            notes.push("control.socket changed: restart sockd to apply it".to_string());
+        }
+        self.penalties.set_limits(
+            Duration::from_millis(config.auth.penalty_base_ms),
+            Duration::from_millis(config.auth.penalty_max_ms),
+        );
+        let user_count = users.list().len();
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        self.set_users(users);
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        let mut summary = format!("{user_count} users, certificates and plugin settings reloaded");
+        for n in notes {
+            tracing::warn!("{n}");
+            summary.push_str("; ");
+            summary.push_str(&n);
+        }
+        Ok(summary)
+    }
+
+    fn admit(&self, ip: IpAddr, max_total: usize, max_per_source: usize) -> Result<(), String> {
+        let mut per = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let total = self.connections.load(Ordering::Relaxed);
+        if total >= max_total {
+            return Err(format!("connection limit reached ({max_total})"));
+        }
+        let count = per.entry(ip).or_insert(0);
+        if *count >= max_per_source {
+            return Err(format!("per-source connection limit reached ({max_per_source})"));
+        }
+        *count += 1;
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut per = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = per.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                per.remove(&ip);
+            }
+        }
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Called once listeners are bound, with their addresses.
+pub type OnBound = Box<dyn FnOnce(&[SocketAddr]) -> Result<(), String> + Send>;
+
+/// Everything `run` needs, prepared by main.
+pub struct Startup {
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub dev_overrides: DevOverrides,
+    /// Called once listeners are bound, with their addresses (dev mode
+    /// writes client.toml here).
+    pub on_bound: Option<OnBound>,
+    /// From [`take_inherited_listeners`], called before the runtime starts.
+    pub inherited: Inherited,
+    /// From `sd_notify::watchdog_enabled_and_unset_env`, likewise.
+    pub watchdog: Option<Duration>,
+}
+
+/// Listeners handed over by systemd socket activation, by name.
+#[derive(Default)]
+pub struct Inherited {
+    tls: Vec<std::net::TcpListener>,
+    control: Option<std::os::unix::net::UnixListener>,
+}
+
+/// Takes the sockets systemd passed (LISTEN_FDS/LISTEN_FDNAMES) and removes
+/// LISTEN_* from the environment so they never reach child processes.
+///
+/// # Safety
+/// Must run before any other thread exists (it modifies the environment).
+pub unsafe fn take_inherited_listeners() -> Result<Inherited, String> {
+    use std::os::fd::FromRawFd;
+    let mut out = Inherited { tls: Vec::new(), control: None };
+    // SAFETY: the caller guarantees no other thread exists yet.
+    let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
+        .map_err(|e| format!("socket activation: {e}"))?;
+    for (fd, name) in fds {
+        match name.as_str() {
+            // SAFETY: systemd passed us this descriptor; we take sole ownership.
+            "tls" => out.tls.push(unsafe { std::net::TcpListener::from_raw_fd(fd) }),
+            // SAFETY: as above.
+            "control" => out.control = Some(unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) }),
+            other => {
+                return Err(format!(
+                    "socket activation: unexpected socket name {other:?} (use FileDescriptorName=tls or control)"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the daemon until it is told to stop.
+pub async fn run(startup: Startup) -> Result<(), String> {
+    let Startup { config, config_path, dev_overrides, on_bound, inherited, watchdog } = startup;
+
+    let users = Users::load(&config.server.users_file())?;
+    let tls = crate::tls::server_config(&config.tls.certificate, &config.tls.private_key)?;
+    std::fs::create_dir_all(&config.server.state_dir)
+        .map_err(|e| format!("{}: cannot create state directory: {e}", config.server.state_dir.display()))?;
+    let fake_secret = load_or_create_secret(&config.server.state_dir.join("auth-secret"))?;
+    let plugins = PluginHost::load(&config.plugins, &config.server.state_dir)?;
+
+    let mut listeners = Vec::new();
+    if inherited.tls.is_empty() {
+        for addr in &config.server.listen {
+            let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            listeners.push(l);
+        }
+    } else {
+        for l in inherited.tls {
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            listeners.push(TcpListener::from_std(l).map_err(|e| e.to_string())?);
+        }
+    }
+    let listen: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let control_listener = match inherited.control {
+        Some(l) => {
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            UnixListener::from_std(l).map_err(|e| e.to_string())?
+        }
+        None => control::bind(&config.control)?,
+    };
+
+    let shared = Arc::new(Shared {
+        penalties: Penalties::new(
+            Duration::from_millis(config.auth.penalty_base_ms),
+            Duration::from_millis(config.auth.penalty_max_ms),
+        ),
+        config: RwLock::new(Arc::new(config)),
+        users: RwLock::new(Arc::new(users)),
+        tls: RwLock::new(tls),
+        plugins,
+        config_path,
+        fake_secret,
+        started: Instant::now(),
+        listen: listen.clone(),
+        connections: AtomicUsize::new(0),
+        per_source: Mutex::new(HashMap::new()),
+        users_write: tokio::sync::Mutex::new(()),
+        reload_lock: tokio::sync::Mutex::new(()),
+        dev_overrides,
+    });
+
+    let (trigger, shutdown) = shutdown::channel();
+    for l in listeners {
+        tokio::spawn(accept_loop(l, shared.clone(), shutdown.clone()));
+    }
+    tokio::spawn(control::serve(control_listener, shared.clone(), shutdown.clone()));
+    tokio::spawn(notify::watchdog(watchdog, shutdown.clone()));
+
+    if let Some(f) = on_bound {
+        f(&listen)?;
+    }
+    let addrs: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
+    tracing::info!(listen = %addrs.join(", "), "sockd {} ready: {}", env!("CARGO_PKG_VERSION"), shared.status_line());
+    notify::ready(&shared.status_line());
+
+    wait_for_stop(&shared).await;
+    drain(&shared, &trigger).await;
+    shared.plugins().shutdown();
+    let socket = shared.config().control.socket.clone();
+    let _ = std::fs::remove_file(socket);
+    tracing::info!("sockd stopped");
+    Ok(())
+}
+
+/// Handles SIGHUP until SIGTERM or SIGINT arrives.
+async fn wait_for_stop(shared: &Arc<Shared>) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return; }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                let _ = shared.reload().await;
+            }
+            _ = status_tick.tick() => notify::status(&shared.status_line()),
+        }
+    }
+}
+
+/// Stops accepting, lets sessions finish up to the grace period.
+async fn drain(shared: &Arc<Shared>, trigger: &Trigger) {
+    let grace = shared.config().server.shutdown_grace();
+    notify::stopping(grace);
+    trigger.fire();
+    let deadline = Instant::now() + grace;
+    let mut last_extend = Instant::now();
+    while shared.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        if last_extend.elapsed() > Duration::from_secs(5) {
+            notify::extend_timeout(deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5));
+            last_extend = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = shared.connections.load(Ordering::Relaxed);
+    if left > 0 {
+        tracing::warn!("grace period of {} s over; closing {left} connections", grace.as_secs());
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => { backoff = Duration::from_millis(5); x }
+                Err(e) => {
+                    // EMFILE and friends: keep serving existing connections,
+                    // retry accepting a little later.
+                    tracing::error!("accept failed: {e}; retrying in {} ms", backoff.as_millis());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            _ = shutdown.recv() => return,
+        };
+        let config = shared.config();
+        if let Err(why) = shared.admit(peer.ip(), config.server.max_connections, config.server.max_connections_per_source) {
+            tracing::warn!(%peer, "refusing connection: {why}");
+            drop(tcp);
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            crate::connection::serve(tcp, peer, shared.clone(), shutdown).await;
+            shared.release(peer.ip());
+        });
+    }
+}
+
+/// The secret behind unknown users' fake parameters: stable across
+/// restarts, or their salts would change while real users' do not.
+fn load_or_create_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use ring::rand::SecureRandom;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read(path) {
+        Ok(bytes) if bytes.len() == 32 => return Ok(bytes),
+        Ok(_) => return Err(format!("{}: expected 32 bytes; delete it to create a new one", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    let mut secret = vec![0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut secret).map_err(|_| "no randomness available".to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(&secret).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(secret)
+}

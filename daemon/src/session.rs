@@ -1,0 +1,115 @@
+//! Authenticated sessions: who is connected, from where, since when, and
+//! what they are running. `sockctl sessions` lists them, `sockctl kick`
+//! ends one, and plugins ask whether a user is online.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+pub struct Session {
+    pub id: u64,
+    pub user: String,
+    pub peer: SocketAddr,
+    pub since: SystemTime,
+    /// Open channels: wire id -> command.
+    operations: Mutex<HashMap<u32, String>>,
+    kick: watch::Sender<bool>,
+}
+
+impl Session {
+    pub fn open_operation(&self, wire_id: u32, command: &str) {
+        self.operations.lock().unwrap_or_else(|p| p.into_inner()).insert(wire_id, command.to_string());
+    }
+
+    pub fn close_operation(&self, wire_id: u32) {
+        self.operations.lock().unwrap_or_else(|p| p.into_inner()).remove(&wire_id);
+    }
+
+    pub fn active_operations(&self) -> usize {
+        self.operations.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Resolves when an administrator kicks this session.
+    pub fn kicked(&self) -> watch::Receiver<bool> {
+        self.kick.subscribe()
+    }
+
+    pub fn info(&self) -> sockd_proto::control::SessionInfo {
+        let mut commands: Vec<String> =
+            self.operations.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        commands.sort();
+        sockd_proto::control::SessionInfo {
+            id: self.id,
+            user: self.user.clone(),
+            address: self.peer.to_string(),
+            since: self.since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            active_operations: commands.len() as u32,
+            commands,
+        }
+    }
+}
+
+/// The live sessions of this daemon.
+pub struct Sessions {
+    map: RwLock<HashMap<u64, Arc<Session>>>,
+    next_id: AtomicU64,
+}
+
+impl Sessions {
+    /// One registry per process: the plugin ABI's `user_online` has no
+    /// context argument to find it by.
+    pub fn global() -> &'static Sessions {
+        static SESSIONS: OnceLock<Sessions> = OnceLock::new();
+        SESSIONS.get_or_init(|| Sessions { map: RwLock::new(HashMap::new()), next_id: AtomicU64::new(1) })
+    }
+
+    pub fn register(&self, user: &str, peer: SocketAddr) -> Arc<Session> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session {
+            id,
+            user: user.to_string(),
+            peer,
+            since: SystemTime::now(),
+            operations: Mutex::new(HashMap::new()),
+            kick: watch::channel(false).0,
+        });
+        self.map.write().unwrap_or_else(|p| p.into_inner()).insert(id, session.clone());
+        session
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.map.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    pub fn list(&self) -> Vec<sockd_proto::control::SessionInfo> {
+        let mut out: Vec<_> = self.map.read().unwrap_or_else(|p| p.into_inner()).values().map(|s| s.info()).collect();
+        out.sort_by_key(|s| s.id);
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks the session's connection to close; false if there is none.
+    pub fn kick(&self, id: u64) -> bool {
+        match self.map.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            Some(s) => {
+                s.kick.send_replace(true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn user_online(&self, user: &str) -> bool {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).values().any(|s| s.user == user)
+    }
+}

@@ -1,0 +1,43 @@
+//! TLS: loading the certificate chain and key named in config into a
+//! rustls server config (ring provider, TLS 1.3 only, ALPN `sockd/1`).
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Builds the server config; errors name the file and what to do.
+pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| format!("{}: cannot read certificate: {e}", cert_path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: bad PEM certificate: {e}", cert_path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no CERTIFICATE block found", cert_path.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| format!("{}: cannot read private key: {e}", key_path.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            format!("{} and {}: certificate and key do not form a usable pair: {e}", cert_path.display(), key_path.display())
+        })?;
+    config.alpn_protocols = vec![sockd_proto::message::ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// `sha256:<hex>` of the first certificate in a PEM file: what clients pin.
+pub fn fingerprint(cert_path: &Path) -> Result<String, String> {
+    let cert = CertificateDer::from_pem_file(cert_path).map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    Ok(fingerprint_der(&cert))
+}
+
+pub fn fingerprint_der(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    format!("sha256:{}", sockd_proto::hex::encode(digest.as_ref()))
+}

@@ -1,0 +1,160 @@
+//! The users file: one `[users.NAME]` table per user holding the stored
+//! credential (salt, iterations, StoredKey, ServerKey in hex). No password
+//! or key is ever stored. Written atomically (temp file, fsync, rename).
+
+use serde::{Deserialize, Serialize};
+use sockd_proto::auth::StoredCredential;
+use sockd_proto::control::{CredentialRecord, UserInfo};
+use sockd_proto::{CredentialKind, hex};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    users: BTreeMap<String, CredentialRecord>,
+}
+
+/// The users known to the daemon.
+#[derive(Debug, Default, Clone)]
+pub struct Users {
+    map: BTreeMap<String, StoredCredential>,
+}
+
+/// User names: what a home directory and a log line can safely carry.
+pub fn valid_user_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+}
+
+pub fn record_to_credential(r: &CredentialRecord) -> Result<StoredCredential, String> {
+    let kind = match r.kind.as_str() {
+        "password" => CredentialKind::Password,
+        "key" => CredentialKind::Key,
+        other => return Err(format!("kind must be \"password\" or \"key\", not {other:?}")),
+    };
+    let key32 = |field: &str, text: &str| -> Result<[u8; 32], String> {
+        hex::decode(text)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| format!("{field} must be 64 hex digits"))
+    };
+    let salt = hex::decode(&r.salt).filter(|s| (8..=64).contains(&s.len())).ok_or("salt must be 8 to 64 bytes of hex")?;
+    let iterations_ok = match kind {
+        CredentialKind::Password => {
+            (sockd_proto::auth::MIN_ITERATIONS..=sockd_proto::auth::MAX_ITERATIONS).contains(&r.iterations)
+        }
+        CredentialKind::Key => r.iterations == 0,
+    };
+    if !iterations_ok {
+        return Err(format!("iterations {} is not valid for a {} credential", r.iterations, r.kind));
+    }
+    Ok(StoredCredential {
+        kind,
+        salt,
+        iterations: r.iterations,
+        stored_key: key32("stored_key", &r.stored_key)?,
+        server_key: key32("server_key", &r.server_key)?,
+    })
+}
+
+pub fn credential_to_record(c: &StoredCredential) -> CredentialRecord {
+    CredentialRecord {
+        kind: c.kind.name().to_string(),
+        salt: hex::encode(&c.salt),
+        iterations: c.iterations,
+        stored_key: hex::encode(&c.stored_key),
+        server_key: hex::encode(&c.server_key),
+    }
+}
+
+impl Users {
+    /// Loads the users file; a missing file means no users.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Users::default()),
+            Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+        };
+        let file: UsersFile =
+            toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let mut map = BTreeMap::new();
+        for (name, record) in &file.users {
+            if !valid_user_name(name) {
+                return Err(format!("{}: invalid user name {name:?}", path.display()));
+            }
+            let cred = record_to_credential(record).map_err(|e| format!("{}: users.{name}: {e}", path.display()))?;
+            map.insert(name.clone(), cred);
+        }
+        Ok(Users { map })
+    }
+
+    /// Writes the users file atomically with mode 0600.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let file = UsersFile { users: self.map.iter().map(|(n, c)| (n.clone(), credential_to_record(c))).collect() };
+        let text = toml::to_string(&file).map_err(std::io::Error::other)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".users.toml.{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(b"# sockd users: written by `sockctl user add/del`; holds no secrets.\n")?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&StoredCredential> {
+        self.map.get(name)
+    }
+
+    pub fn insert(&mut self, name: &str, cred: StoredCredential) {
+        self.map.insert(name.to_string(), cred);
+    }
+
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.map.remove(name).is_some()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    pub fn list(&self) -> Vec<UserInfo> {
+        self.map
+            .iter()
+            .map(|(n, c)| UserInfo { name: n.clone(), kind: c.kind.name().into(), iterations: c.iterations })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sockd_proto::auth::Secret;
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let mut users = Users::default();
+        users.insert("alice", StoredCredential::new(&Secret::Key([1; 32]), vec![2; 16], 0));
+        users.save(&path).unwrap();
+        let back = Users::load(&path).unwrap();
+        assert_eq!(back.get("alice"), users.get("alice"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_user_name("demo"));
+        assert!(valid_user_name("a.b-c_1"));
+        assert!(!valid_user_name(""));
+        assert!(!valid_user_name("../x"));
+        assert!(!valid_user_name("-x"));
+        assert!(!valid_user_name(&"a".repeat(33)));
+    }
+}
