@@ -47,7 +47,11 @@ pub async fn authenticate(
     let max_attempts = shared.config().auth.max_attempts;
     for _ in 0..max_attempts {
         let (user, kind, client_nonce) = match link.recv().await? {
-            Message::AuthStart { user, kind, client_nonce } => (user, kind, client_nonce),
+            Message::AuthStart {
+                user,
+                kind,
+                client_nonce,
+            } => (user, kind, client_nonce),
             other => return Err(link.refuse_before_auth(&other).await.into()),
         };
 
@@ -59,19 +63,29 @@ pub async fn authenticate(
 
         let config = shared.config();
         let users = shared.users();
-        let known = users.get(&user).filter(|c| c.kind == kind && crate::users::valid_user_name(&user));
+        let known = users
+            .get(&user)
+            .filter(|c| c.kind == kind && crate::users::valid_user_name(&user));
         let fake;
         let credential = match known {
             Some(c) => c,
             None => {
-                fake = auth::fake_credential(&shared.fake_secret, &user, kind, config.auth.fake_iterations);
+                fake = auth::fake_credential(
+                    &shared.fake_secret,
+                    &user,
+                    kind,
+                    config.auth.fake_iterations,
+                );
                 &fake
             }
         };
 
         let mut server_nonce = [0u8; NONCE_LEN];
         if rng.fill(&mut server_nonce).is_err() {
-            return Err(link.fail(ErrorCode::Internal, "no randomness available").await.into());
+            return Err(link
+                .fail(ErrorCode::Internal, "no randomness available")
+                .await
+                .into());
         }
         link.send(Message::AuthChallenge {
             server_nonce,
@@ -97,7 +111,10 @@ pub async fn authenticate(
         match verified {
             Some(server_signature) if known.is_some() => {
                 shared.penalties.succeeded(&user);
-                return Ok(Authenticated { user, server_signature });
+                return Ok(Authenticated {
+                    user,
+                    server_signature,
+                });
             }
             _ => {
                 let penalty = shared.penalties.failed(&user, peer.ip());
@@ -112,6 +129,11 @@ pub async fn authenticate(
             }
         }
     }
-    let _ = link.fail(ErrorCode::AuthFailed, "too many failed authentication attempts").await;
+    let _ = link
+        .fail(
+            ErrorCode::AuthFailed,
+            "too many failed authentication attempts",
+        )
+        .await;
     Err(AuthEnd::TooManyAttempts)
 }

@@ -88,7 +88,14 @@ pub struct CreditViolation {
 impl Channel {
     /// `window`: credit we grant the client; `send_credit`: what the client
     /// granted us in its HELLO; `max_chunk`: largest DATA payload we may send.
-    pub fn new(wire_id: u32, owner: Owner, out: Outbound, window: u32, send_credit: u32, max_chunk: usize) -> Arc<Self> {
+    pub fn new(
+        wire_id: u32,
+        owner: Owner,
+        out: Outbound,
+        window: u32,
+        send_credit: u32,
+        max_chunk: usize,
+    ) -> Arc<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(Channel {
             wire_id,
@@ -124,7 +131,10 @@ impl Channel {
         let mut s = self.lock();
         let len = data.len() as u64;
         if len > s.recv_credit {
-            return Err(CreditViolation { sent: data.len(), allowed: s.recv_credit });
+            return Err(CreditViolation {
+                sent: data.len(),
+                allowed: s.recv_credit,
+            });
         }
         s.recv_credit -= len;
         if !s.cancelled && !data.is_empty() {
@@ -160,7 +170,12 @@ impl Channel {
 
     // ---- plugin side: may block ----
 
-    pub fn read(&self, stream_out: &mut u8, buf: &mut [u8], timeout: Option<Duration>) -> Result<ReadOutcome, ChannelError> {
+    pub fn read(
+        &self,
+        stream_out: &mut u8,
+        buf: &mut [u8],
+        timeout: Option<Duration>,
+    ) -> Result<ReadOutcome, ChannelError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut s = self.lock();
         loop {
@@ -200,7 +215,10 @@ impl Channel {
                     if now >= deadline {
                         return Err(ChannelError::Timeout);
                     }
-                    self.changed.wait_timeout(s, deadline - now).unwrap_or_else(|p| p.into_inner()).0
+                    self.changed
+                        .wait_timeout(s, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
                 }
             };
         }
@@ -214,12 +232,19 @@ impl Channel {
             let grant = s.consumed.min(u32::MAX as u64);
             s.consumed -= grant;
             s.recv_credit += grant;
-            let _ = self.out.send(Message::Credit { channel: self.wire_id, bytes: grant as u32 });
+            let _ = self.out.send(Message::Credit {
+                channel: self.wire_id,
+                bytes: grant as u32,
+            });
         }
     }
 
     fn send_chunk(&self, stream: u8, data: &[u8]) {
-        let _ = self.out.send(Message::Data { channel: self.wire_id, stream, data: Bytes::copy_from_slice(data) });
+        let _ = self.out.send(Message::Data {
+            channel: self.wire_id,
+            stream,
+            data: Bytes::copy_from_slice(data),
+        });
     }
 
     /// Writes all of `data`, waiting for credit as needed.
@@ -274,7 +299,10 @@ impl Channel {
         if s.cancelled {
             return Err(ChannelError::Cancelled);
         }
-        let _ = self.out.send(Message::Eof { channel: self.wire_id, stream });
+        let _ = self.out.send(Message::Eof {
+            channel: self.wire_id,
+            stream,
+        });
         Ok(())
     }
 
@@ -314,8 +342,17 @@ impl Channel {
             return;
         }
         s.finished = true;
-        let text = if s.result_message.is_empty() { message.to_string() } else { std::mem::take(&mut s.result_message) };
-        let _ = self.out.send(Message::Close { channel: self.wire_id, code, value: s.result_value, message: text });
+        let text = if s.result_message.is_empty() {
+            message.to_string()
+        } else {
+            std::mem::take(&mut s.result_message)
+        };
+        let _ = self.out.send(Message::Close {
+            channel: self.wire_id,
+            code,
+            value: s.result_value,
+            message: text,
+        });
         self.changed.notify_all();
         drop(s);
         ChannelTable::global().remove(self.handle);
@@ -330,24 +367,42 @@ pub struct ChannelTable {
 impl ChannelTable {
     pub fn global() -> &'static ChannelTable {
         static TABLE: OnceLock<ChannelTable> = OnceLock::new();
-        TABLE.get_or_init(|| ChannelTable { map: RwLock::new(HashMap::new()) })
+        TABLE.get_or_init(|| ChannelTable {
+            map: RwLock::new(HashMap::new()),
+        })
     }
 
     pub fn insert(&self, channel: Arc<Channel>) {
-        self.map.write().unwrap_or_else(|p| p.into_inner()).insert(channel.handle, channel);
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(channel.handle, channel);
     }
 
     pub fn get(&self, handle: u64) -> Option<Arc<Channel>> {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).get(&handle).cloned()
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&handle)
+            .cloned()
     }
 
     pub fn remove(&self, handle: u64) {
-        self.map.write().unwrap_or_else(|p| p.into_inner()).remove(&handle);
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&handle);
     }
 
     /// Channels matching `f` (push delivery).
     pub fn matching(&self, f: impl Fn(&Channel) -> bool) -> Vec<Arc<Channel>> {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).values().filter(|c| f(c)).cloned().collect()
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|c| f(c))
+            .cloned()
+            .collect()
     }
 }
 
@@ -357,7 +412,11 @@ mod tests {
 
     fn channel(window: u32, credit: u32) -> (Arc<Channel>, mpsc::UnboundedReceiver<Message>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let owner = Owner { session_id: 1, user: "u".into(), plugin: "p".into() };
+        let owner = Owner {
+            session_id: 1,
+            user: "u".into(),
+            plugin: "p".into(),
+        };
         (Channel::new(1, owner, tx, window, credit, 4), rx)
     }
 
@@ -367,11 +426,26 @@ mod tests {
         ch.on_data(0, Bytes::from_static(b"abcdef")).unwrap();
         let mut buf = [0u8; 4];
         let mut stream = 9;
-        assert_eq!(ch.read(&mut stream, &mut buf, None), Ok(ReadOutcome::Data { stream: 0, len: 4 }));
+        assert_eq!(
+            ch.read(&mut stream, &mut buf, None),
+            Ok(ReadOutcome::Data { stream: 0, len: 4 })
+        );
         assert_eq!(&buf, b"abcd");
-        assert_eq!(rx.try_recv().unwrap(), Message::Credit { channel: 1, bytes: 4 });
-        assert_eq!(ch.read(&mut stream, &mut buf, None), Ok(ReadOutcome::Data { stream: 0, len: 2 }));
-        assert!(ch.on_data(0, Bytes::from_static(b"123456789")).is_err(), "over credit");
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Message::Credit {
+                channel: 1,
+                bytes: 4
+            }
+        );
+        assert_eq!(
+            ch.read(&mut stream, &mut buf, None),
+            Ok(ReadOutcome::Data { stream: 0, len: 2 })
+        );
+        assert!(
+            ch.on_data(0, Bytes::from_static(b"123456789")).is_err(),
+            "over credit"
+        );
     }
 
     #[test]
@@ -403,12 +477,18 @@ mod tests {
         ch.cancel();
         assert_eq!(reader.join().unwrap(), Err(ChannelError::Cancelled));
         assert_eq!(writer.join().unwrap(), Err(ChannelError::Cancelled));
-        assert_eq!(ch.read(&mut 0, &mut [0u8; 1], Some(Duration::ZERO)), Err(ChannelError::Cancelled));
+        assert_eq!(
+            ch.read(&mut 0, &mut [0u8; 1], Some(Duration::ZERO)),
+            Err(ChannelError::Cancelled)
+        );
     }
 
     #[test]
     fn read_times_out() {
         let (ch, _rx) = channel(8, 0);
-        assert_eq!(ch.read(&mut 0, &mut [0u8; 1], Some(Duration::from_millis(10))), Err(ChannelError::Timeout));
+        assert_eq!(
+            ch.read(&mut 0, &mut [0u8; 1], Some(Duration::from_millis(10))),
+            Err(ChannelError::Timeout)
+        );
     }
 }

@@ -123,7 +123,10 @@ pub struct ControlConfig {
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        Self { socket: "/run/sockd-control/control.sock".into(), admin_group: "sockctl".into() }
+        Self {
+            socket: "/run/sockd-control/control.sock".into(),
+            admin_group: "sockctl".into(),
+        }
     }
 }
 
@@ -147,7 +150,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into(), format: LogFormat::Auto }
+        Self {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
     }
 }
 
@@ -199,16 +205,22 @@ impl<'de> Deserialize<'de> for PluginsConfig {
         let mut table = toml::Table::deserialize(d)?;
         let mut out = PluginsConfig::default();
         if let Some(v) = table.remove("dir") {
-            out.dir = v.as_str().ok_or_else(|| D::Error::custom("plugins.dir must be a string"))?.into();
+            out.dir = v
+                .as_str()
+                .ok_or_else(|| D::Error::custom("plugins.dir must be a string"))?
+                .into();
             out.dir_explicit = true;
         }
         if let Some(v) = table.remove("on_error") {
-            out.on_error = v.try_into().map_err(|_| D::Error::custom("plugins.on_error must be \"refuse\" or \"skip\""))?;
+            out.on_error = v
+                .try_into()
+                .map_err(|_| D::Error::custom("plugins.on_error must be \"refuse\" or \"skip\""))?;
         }
         if let Some(v) = table.remove("quarantine_after") {
             let n = v.as_integer().filter(|n| (1..=1000).contains(n));
-            out.quarantine_after =
-                n.ok_or_else(|| D::Error::custom("plugins.quarantine_after must be an integer from 1 to 1000"))? as u32;
+            out.quarantine_after = n.ok_or_else(|| {
+                D::Error::custom("plugins.quarantine_after must be an integer from 1 to 1000")
+            })? as u32;
         }
         for (name, value) in table {
             let toml::Value::Table(mut settings) = value else {
@@ -217,12 +229,22 @@ impl<'de> Deserialize<'de> for PluginsConfig {
                 )));
             };
             if !valid_plugin_name(&name) {
-                return Err(D::Error::custom(format!("plugin name `{name}` must match [a-z0-9_-]{{1,32}}")));
+                return Err(D::Error::custom(format!(
+                    "plugin name `{name}` must match [a-z0-9_-]{{1,32}}"
+                )));
             }
             let file = match settings.remove("file") {
                 Some(toml::Value::String(f)) => PathBuf::from(f),
-                Some(_) => return Err(D::Error::custom(format!("plugins.{name}.file must be a string"))),
-                None => return Err(D::Error::custom(format!("plugins.{name} needs `file = \"lib....so\"`"))),
+                Some(_) => {
+                    return Err(D::Error::custom(format!(
+                        "plugins.{name}.file must be a string"
+                    )));
+                }
+                None => {
+                    return Err(D::Error::custom(format!(
+                        "plugins.{name} needs `file = \"lib....so\"`"
+                    )));
+                }
             };
             out.entries.insert(name, PluginEntry { file, settings });
         }
@@ -231,7 +253,10 @@ impl<'de> Deserialize<'de> for PluginsConfig {
 }
 
 pub fn valid_plugin_name(name: &str) -> bool {
-    (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// A config error, naming the file.
@@ -251,14 +276,18 @@ impl std::error::Error for ConfigError {}
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let err = |message: String| ConfigError { path: path.to_path_buf(), message };
+        let err = |message: String| ConfigError {
+            path: path.to_path_buf(),
+            message,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         Self::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(err)
     }
 
     /// Parses config text; `base` resolves relative paths.
     pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
-        let mut config: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
         config.resolve_paths(base);
         config.validate()?;
         Ok(config)
@@ -283,12 +312,18 @@ impl Config {
             return Err("server.listen: at least one address is needed".into());
         }
         if s.max_frame_size < MIN_MAX_FRAME || s.max_frame_size > 16 << 20 {
-            return Err(format!("server.max_frame_size must be from {MIN_MAX_FRAME} to {}", 16 << 20));
+            return Err(format!(
+                "server.max_frame_size must be from {MIN_MAX_FRAME} to {}",
+                16 << 20
+            ));
         }
         if s.window < s.max_frame_size {
             return Err("server.window must be at least server.max_frame_size".into());
         }
-        if s.max_connections == 0 || s.max_connections_per_source == 0 || s.max_channels_per_connection == 0 {
+        if s.max_connections == 0
+            || s.max_connections_per_source == 0
+            || s.max_channels_per_connection == 0
+        {
             return Err("server.max_connections, max_connections_per_source and max_channels_per_connection must be at least 1".into());
         }
         if self.auth.timeout_secs == 0 || self.auth.max_attempts == 0 {
@@ -329,21 +364,35 @@ mod tests {
 
     #[test]
     fn plugin_tables_are_split_into_file_and_settings() {
-        let text = format!("{MINIMAL}[plugins]\non_error = \"skip\"\n[plugins.exec]\nfile = \"libx.so\"\ntimeout = 5\n");
+        let text = format!(
+            "{MINIMAL}[plugins]\non_error = \"skip\"\n[plugins.exec]\nfile = \"libx.so\"\ntimeout = 5\n"
+        );
         let c = Config::parse(&text, Path::new("/")).unwrap();
         let e = &c.plugins.entries["exec"];
         assert_eq!(e.file, Path::new("libx.so"));
         assert_eq!(e.settings["timeout"].as_integer(), Some(5));
         assert_eq!(c.plugins.on_error, OnPluginError::Skip);
         let bad = format!("{MINIMAL}[plugins]\nbogus = 1\n");
-        assert!(Config::parse(&bad, Path::new("/")).unwrap_err().contains("plugins.bogus"));
+        assert!(
+            Config::parse(&bad, Path::new("/"))
+                .unwrap_err()
+                .contains("plugins.bogus")
+        );
         let nofile = format!("{MINIMAL}[plugins.x]\ny = 1\n");
-        assert!(Config::parse(&nofile, Path::new("/")).unwrap_err().contains("file"));
+        assert!(
+            Config::parse(&nofile, Path::new("/"))
+                .unwrap_err()
+                .contains("file")
+        );
     }
 
     #[test]
     fn shipped_reference_config_parses_with_its_documented_defaults() {
-        let c = Config::parse(include_str!("../../etc/sockd.toml"), Path::new("/etc/sockd")).unwrap();
+        let c = Config::parse(
+            include_str!("../../etc/sockd.toml"),
+            Path::new("/etc/sockd"),
+        )
+        .unwrap();
         let d = ServerConfig::default();
         assert_eq!(c.server.listen, d.listen);
         assert_eq!(c.server.max_frame_size, d.max_frame_size);
@@ -358,6 +407,10 @@ mod tests {
     #[test]
     fn bad_values_are_refused() {
         let text = format!("{MINIMAL}[server]\nmax_frame_size = 10\n");
-        assert!(Config::parse(&text, Path::new("/")).unwrap_err().contains("max_frame_size"));
+        assert!(
+            Config::parse(&text, Path::new("/"))
+                .unwrap_err()
+                .contains("max_frame_size")
+        );
     }
 }

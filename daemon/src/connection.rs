@@ -66,20 +66,32 @@ impl Link {
     }
 
     pub async fn send(&mut self, m: Message) -> Result<(), LinkError> {
-        self.framed.send(m.encode()).await.map_err(|e| LinkError::Io(e.to_string()))
+        self.framed
+            .send(m.encode())
+            .await
+            .map_err(|e| LinkError::Io(e.to_string()))
     }
 
     /// Sends a fatal ERROR and returns the violation to end the connection with.
     pub async fn fail(&mut self, code: ErrorCode, message: &str) -> LinkError {
         tracing::info!(peer = %self.peer, code = code.slug(), "closing connection: {message}");
-        let _ = self.send(Message::Error { code, message: message.to_string() }).await;
+        let _ = self
+            .send(Message::Error {
+                code,
+                message: message.to_string(),
+            })
+            .await;
         LinkError::Violation(message.to_string())
     }
 
     /// Anything but HELLO and the auth messages before login.
     pub async fn refuse_before_auth(&mut self, got: &Message) -> LinkError {
         let name = format!("{:?}", got.encode().kind);
-        self.fail(ErrorCode::NotAuthenticated, &format!("{name} is not allowed before authentication")).await
+        self.fail(
+            ErrorCode::NotAuthenticated,
+            &format!("{name} is not allowed before authentication"),
+        )
+        .await
     }
 }
 
@@ -100,7 +112,11 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
         }
     };
     let mut channel_binding = [0u8; CHANNEL_BINDING_LEN];
-    if let Err(e) = tls.get_ref().1.export_keying_material(&mut channel_binding, CHANNEL_BINDING_LABEL, None) {
+    if let Err(e) =
+        tls.get_ref()
+            .1
+            .export_keying_material(&mut channel_binding, CHANNEL_BINDING_LABEL, None)
+    {
         tracing::error!(%peer, "TLS exporter failed: {e}");
         return;
     }
@@ -109,10 +125,12 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
 
     let login = async {
         let client_hello = hello(&mut link, &shared).await?;
-        let authenticated = auth::authenticate(&mut link, &shared, peer, &channel_binding).await.map_err(|e| match e {
-            AuthEnd::Link(e) => e,
-            AuthEnd::TooManyAttempts => LinkError::Violation("too many failed attempts".into()),
-        })?;
+        let authenticated = auth::authenticate(&mut link, &shared, peer, &channel_binding)
+            .await
+            .map_err(|e| match e {
+                AuthEnd::Link(e) => e,
+                AuthEnd::TooManyAttempts => LinkError::Violation("too many failed attempts".into()),
+            })?;
         Ok::<_, LinkError>((client_hello, authenticated))
     };
     let (client_hello, authenticated) = match timeout_at(deadline, login).await {
@@ -122,13 +140,18 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
             return;
         }
         Err(_) => {
-            let _ = link.fail(ErrorCode::AuthTimeout, "not authenticated in time").await;
+            let _ = link
+                .fail(ErrorCode::AuthTimeout, "not authenticated in time")
+                .await;
             return;
         }
     };
 
     let session = Sessions::global().register(&authenticated.user, peer);
-    let ok = Message::AuthOk { server_signature: authenticated.server_signature, session_id: session.id };
+    let ok = Message::AuthOk {
+        server_signature: authenticated.server_signature,
+        session_id: session.id,
+    };
     if link.send(ok).await.is_ok() {
         tracing::info!(%peer, user = %session.user, session = session.id, "session started");
         run_session(link, &session, &client_hello, &shared, shutdown).await;
@@ -145,7 +168,10 @@ async fn hello(link: &mut Link, shared: &Shared) -> Result<Hello, LinkError> {
         other => return Err(link.refuse_before_auth(&other).await),
     };
     if h.version != PROTOCOL_VERSION {
-        let msg = format!("protocol version {} is not supported (this server speaks {PROTOCOL_VERSION})", h.version);
+        let msg = format!(
+            "protocol version {} is not supported (this server speaks {PROTOCOL_VERSION})",
+            h.version
+        );
         return Err(link.fail(ErrorCode::VersionMismatch, &msg).await);
     }
     if h.max_frame < MIN_MAX_FRAME || h.window == 0 {
@@ -153,7 +179,9 @@ async fn hello(link: &mut Link, shared: &Shared) -> Result<Hello, LinkError> {
         return Err(link.fail(ErrorCode::Protocol, &msg).await);
     }
     let config = shared.config();
-    let send_max = h.max_frame.min(config.server.max_frame_size.max(MIN_MAX_FRAME));
+    let send_max = h
+        .max_frame
+        .min(config.server.max_frame_size.max(MIN_MAX_FRAME));
     link.framed.codec_mut().set_max_send(send_max);
     link.send(Message::Hello(Hello {
         version: PROTOCOL_VERSION,
@@ -168,7 +196,13 @@ async fn hello(link: &mut Link, shared: &Shared) -> Result<Hello, LinkError> {
 }
 
 /// The authenticated part of a connection.
-async fn run_session(link: Link, session: &Arc<Session>, client: &Hello, shared: &Arc<Shared>, mut shutdown: Shutdown) {
+async fn run_session(
+    link: Link,
+    session: &Arc<Session>,
+    client: &Hello,
+    shared: &Arc<Shared>,
+    mut shutdown: Shutdown,
+) {
     let peer = link.peer;
     let max_chunk = FrameCodec::max_data_chunk(link.framed.codec().max_send());
     let (mut sink, mut stream) = link.framed.split();
@@ -355,7 +389,10 @@ async fn run_session(link: Link, session: &Arc<Session>, client: &Hello, shared:
     // cancelled channels make that prompt, and a stuck plugin cannot hold
     // the connection open past this bound.
     let mut writer = writer;
-    if tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer).await.is_err() {
+    if tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer)
+        .await
+        .is_err()
+    {
         writer.abort();
     }
 }

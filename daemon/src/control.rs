@@ -27,22 +27,32 @@ const MAX_REQUEST: usize = 64 * 1024;
 pub fn bind(config: &ControlConfig) -> Result<UnixListener, String> {
     let path = &config.socket;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create directory: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("{}: cannot create directory: {e}", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!("{}: another sockd is already listening there", path.display()));
+            return Err(format!(
+                "{}: another sockd is already listening there",
+                path.display()
+            ));
         }
-        std::fs::remove_file(path).map_err(|e| format!("{}: cannot remove stale socket: {e}", path.display()))?;
+        std::fs::remove_file(path)
+            .map_err(|e| format!("{}: cannot remove stale socket: {e}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| format!("{}: cannot bind control socket: {e}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("{}: cannot bind control socket: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| format!("{}: cannot set mode 0660: {e}", path.display()))?;
     if !config.admin_group.is_empty() {
         match nix::unistd::Group::from_name(&config.admin_group) {
             Ok(Some(group)) => {
                 if let Err(e) = nix::unistd::chown(path, None, Some(group.gid)) {
-                    tracing::warn!("{}: cannot give the socket to group {}: {e}", path.display(), config.admin_group);
+                    tracing::warn!(
+                        "{}: cannot give the socket to group {}: {e}",
+                        path.display(),
+                        config.admin_group
+                    );
                 }
             }
             _ => tracing::debug!("admin group {} does not exist", config.admin_group),
@@ -75,7 +85,9 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, mut shutdown: Sh
 
 /// Whether the peer may administer the daemon.
 fn authorize(stream: &UnixStream, shared: &Shared) -> Result<u32, String> {
-    let cred = stream.peer_cred().map_err(|e| format!("cannot read peer credentials: {e}"))?;
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read peer credentials: {e}"))?;
     let uid = cred.uid();
     let own = nix::unistd::geteuid().as_raw();
     if uid == 0 || uid == own {
@@ -94,7 +106,11 @@ fn authorize(stream: &UnixStream, shared: &Shared) -> Result<u32, String> {
             return Ok(uid);
         }
     }
-    let group_hint = if group_name.is_empty() { String::new() } else { format!(", or in group {group_name}") };
+    let group_hint = if group_name.is_empty() {
+        String::new()
+    } else {
+        format!(", or in group {group_name}")
+    };
     Err(format!(
         "permission denied: uid {uid} may not use the control socket (allowed: root, uid {own}{group_hint})"
     ))
@@ -103,29 +119,25 @@ fn authorize(stream: &UnixStream, shared: &Shared) -> Result<u32, String> {
 async fn handle(stream: UnixStream, shared: &Arc<Shared>) -> std::io::Result<()> {
     let authorized = authorize(&stream, shared);
     let (read, mut write) = stream.into_split();
-    let reply = |r: Response| {
-        let mut line = serde_json::to_string(&r).unwrap_or_else(|_| r#"{"ok":false,"error":{"code":"internal","message":"encoding failed"}}"#.into());
-        line.push('\n');
-        line
-    };
-    let uid = match authorized {
-        Ok(uid) => uid,
-        Err(why) => {
-            tracing::warn!("control socket: {why}");
-            write.write_all(reply(Response::err(ErrorCode::PermissionDenied, why)).as_bytes()).await?;
-            return Ok(());
-        }
-    };
+    // The request is read even from a peer about to be refused, so that its
+    // write succeeds and it reads the refusal instead of a broken pipe.
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
     let mut line = String::new();
     let read = tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line)).await;
-    let response = match read {
-        Err(_) => Response::err(ErrorCode::Timeout, "no request within 30 s"),
-        Ok(Err(e)) => Response::err(ErrorCode::BadRequest, format!("cannot read request: {e}")),
-        Ok(Ok(_)) if !line.ends_with('\n') => {
-            Response::err(ErrorCode::BadRequest, format!("request must be one line of at most {MAX_REQUEST} bytes"))
+    let response = match (authorized, read) {
+        (Err(why), _) => {
+            tracing::warn!("control socket: {why}");
+            Response::err(ErrorCode::PermissionDenied, why)
         }
-        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+        (Ok(_), Err(_)) => Response::err(ErrorCode::Timeout, "no request within 30 s"),
+        (Ok(_), Ok(Err(e))) => {
+            Response::err(ErrorCode::BadRequest, format!("cannot read request: {e}"))
+        }
+        (Ok(_), Ok(Ok(_))) if !line.ends_with('\n') => Response::err(
+            ErrorCode::BadRequest,
+            format!("request must be one line of at most {MAX_REQUEST} bytes"),
+        ),
+        (Ok(uid), Ok(Ok(_))) => match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::err(ErrorCode::BadRequest, format!("bad request: {e}")),
             Ok(request) => {
                 tracing::info!(uid, "control: {}", request_name(&request));
@@ -133,7 +145,11 @@ async fn handle(stream: UnixStream, shared: &Arc<Shared>) -> std::io::Result<()>
             }
         },
     };
-    write.write_all(reply(response).as_bytes()).await?;
+    let mut text = serde_json::to_string(&response).unwrap_or_else(|_| {
+        r#"{"ok":false,"error":{"code":"internal","message":"encoding failed"}}"#.into()
+    });
+    text.push('\n');
+    write.write_all(text.as_bytes()).await?;
     write.shutdown().await
 }
 
@@ -161,7 +177,9 @@ async fn execute(request: Request, shared: &Arc<Shared>) -> Response {
                 uptime_secs: shared.started.elapsed().as_secs(),
                 listen: shared.listen.iter().map(|a| a.to_string()).collect(),
                 control_socket: config.control.socket.display().to_string(),
-                connections: shared.connections.load(std::sync::atomic::Ordering::Relaxed) as u64,
+                connections: shared
+                    .connections
+                    .load(std::sync::atomic::Ordering::Relaxed) as u64,
                 sessions: Sessions::global().len() as u64,
                 plugins: shared.plugins().list(),
             })
@@ -171,23 +189,39 @@ async fn execute(request: Request, shared: &Arc<Shared>) -> Response {
             if Sessions::global().kick(id) {
                 Response::ok(serde_json::json!({ "kicked": id }))
             } else {
-                Response::err(ErrorCode::NotFound, format!("no session with id {id}; see `sockctl sessions`"))
+                Response::err(
+                    ErrorCode::NotFound,
+                    format!("no session with id {id}; see `sockctl sessions`"),
+                )
             }
         }
-        Request::UserAdd { name, credential, replace } => {
+        Request::UserAdd {
+            name,
+            credential,
+            replace,
+        } => {
             if !valid_user_name(&name) {
                 return Response::err(
                     ErrorCode::BadRequest,
-                    format!("invalid user name {name:?}: use 1 to 32 of A-Z a-z 0-9 . _ - (not starting with . or -)"),
+                    format!(
+                        "invalid user name {name:?}: use 1 to 32 of A-Z a-z 0-9 . _ - (not starting with . or -)"
+                    ),
                 );
             }
             let stored = match record_to_credential(&credential) {
                 Ok(c) => c,
-                Err(e) => return Response::err(ErrorCode::BadRequest, format!("bad credential: {e}")),
+                Err(e) => {
+                    return Response::err(ErrorCode::BadRequest, format!("bad credential: {e}"));
+                }
             };
             update_users(shared, move |users| {
                 if users.contains(&name) && !replace {
-                    return Err((ErrorCode::AlreadyExists, format!("user {name} already exists; use --replace to change its credential")));
+                    return Err((
+                        ErrorCode::AlreadyExists,
+                        format!(
+                            "user {name} already exists; use --replace to change its credential"
+                        ),
+                    ));
                 }
                 users.insert(&name, stored);
                 Ok(serde_json::json!({ "added": name }))
@@ -200,13 +234,20 @@ async fn execute(request: Request, shared: &Arc<Shared>) -> Response {
                 if users.remove(&name) {
                     Ok(serde_json::json!({ "deleted": name }))
                 } else {
-                    Err((ErrorCode::NotFound, format!("no user named {name}; see `sockctl user list`")))
+                    Err((
+                        ErrorCode::NotFound,
+                        format!("no user named {name}; see `sockctl user list`"),
+                    ))
                 }
             })
             .await;
             if matches!(response, Response::Ok { .. }) {
                 // A deleted user keeps no live session.
-                for s in Sessions::global().list().into_iter().filter(|s| s.user == deleted) {
+                for s in Sessions::global()
+                    .list()
+                    .into_iter()
+                    .filter(|s| s.user == deleted)
+                {
                     Sessions::global().kick(s.id);
                 }
             }
@@ -215,7 +256,10 @@ async fn execute(request: Request, shared: &Arc<Shared>) -> Response {
         Request::UserList {} => Response::ok(shared.users().list()),
         Request::Reload {} => match shared.reload().await {
             Ok(summary) => Response::ok(serde_json::json!({ "reloaded": summary })),
-            Err(e) => Response::err(ErrorCode::BadRequest, format!("reload failed, running configuration kept: {e}")),
+            Err(e) => Response::err(
+                ErrorCode::BadRequest,
+                format!("reload failed, running configuration kept: {e}"),
+            ),
         },
         Request::Plugins {} => Response::ok(shared.plugins().list()),
         Request::PluginReload { name } => {
@@ -233,13 +277,21 @@ type UserEdit = Result<serde_json::Value, (ErrorCode, String)>;
 
 /// Applies `edit` to a copy of the users, writes the file, then swaps it in:
 /// the file and the running daemon never disagree.
-async fn update_users(shared: &Arc<Shared>, edit: impl FnOnce(&mut crate::users::Users) -> UserEdit + Send + 'static) -> Response {
+async fn update_users(
+    shared: &Arc<Shared>,
+    edit: impl FnOnce(&mut crate::users::Users) -> UserEdit + Send + 'static,
+) -> Response {
     let _guard = shared.users_write.lock().await;
     let mut users = (*shared.users()).clone();
     let path = shared.config().server.users_file();
     let result = tokio::task::spawn_blocking(move || {
         let value = edit(&mut users)?;
-        users.save(&path).map_err(|e| (ErrorCode::Internal, format!("{}: cannot write users file: {e}", path.display())))?;
+        users.save(&path).map_err(|e| {
+            (
+                ErrorCode::Internal,
+                format!("{}: cannot write users file: {e}", path.display()),
+            )
+        })?;
         Ok((value, users))
     })
     .await;

@@ -64,7 +64,9 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
         .mode(mode)
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(contents).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))
+    f.write_all(contents)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Creates whatever is missing in `dir`; returns the config path.
@@ -74,11 +76,20 @@ pub fn prepare(dir: &Path) -> Result<PathBuf, String> {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     if !cert.exists() || !key.exists() {
-        let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-        let generated = rcgen::generate_simple_self_signed(names).map_err(|e| format!("cannot create a certificate: {e}"))?;
+        let names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
+        let generated = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| format!("cannot create a certificate: {e}"))?;
         let _ = std::fs::remove_file(&cert);
         let _ = std::fs::remove_file(&key);
-        write_new(&key, generated.signing_key.serialize_pem().as_bytes(), 0o600)?;
+        write_new(
+            &key,
+            generated.signing_key.serialize_pem().as_bytes(),
+            0o600,
+        )?;
         write_new(&cert, generated.cert.pem().as_bytes(), 0o644)?;
     }
     let state = dir.join("state");
@@ -90,11 +101,18 @@ pub fn prepare(dir: &Path) -> Result<PathBuf, String> {
         let rng = SystemRandom::new();
         let mut demo_key = [0u8; auth::KEY_LEN];
         let mut salt = vec![0u8; auth::SALT_LEN];
-        rng.fill(&mut demo_key).and_then(|_| rng.fill(&mut salt)).map_err(|_| "no randomness available")?;
+        rng.fill(&mut demo_key)
+            .and_then(|_| rng.fill(&mut salt))
+            .map_err(|_| "no randomness available")?;
         let _ = std::fs::remove_file(&key_file);
         write_new(&key_file, auth::encode_key(&demo_key).as_bytes(), 0o600)?;
-        users.insert(DEMO_USER, StoredCredential::new(&Secret::Key(demo_key), salt, 0));
-        users.save(&users_path).map_err(|e| format!("{}: {e}", users_path.display()))?;
+        users.insert(
+            DEMO_USER,
+            StoredCredential::new(&Secret::Key(demo_key), salt, 0),
+        );
+        users
+            .save(&users_path)
+            .map_err(|e| format!("{}: {e}", users_path.display()))?;
     }
     let config = dir.join("sockd.toml");
     if !config.exists() {
@@ -104,9 +122,18 @@ pub fn prepare(dir: &Path) -> Result<PathBuf, String> {
 }
 
 /// Writes `DIR/client.toml` for the address actually bound.
-pub fn write_client_config(dir: &Path, bound: &[SocketAddr], cert: &Path, socket: &Path) -> Result<(), String> {
+pub fn write_client_config(
+    dir: &Path,
+    bound: &[SocketAddr],
+    cert: &Path,
+    socket: &Path,
+) -> Result<(), String> {
     let addr = bound.first().ok_or("no listener bound")?;
-    let connect = if addr.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), addr.port()) } else { *addr };
+    let connect = if addr.ip().is_unspecified() {
+        SocketAddr::new([127, 0, 0, 1].into(), addr.port())
+    } else {
+        *addr
+    };
     let pin = crate::tls::fingerprint(cert)?;
     let text = format!(
         "# Written by `sockd --dev` at each start. Use: SOCKCTL_CONFIG={dir}/client.toml sockctl ping\n\
@@ -120,5 +147,7 @@ pub fn write_client_config(dir: &Path, bound: &[SocketAddr], cert: &Path, socket
     );
     let path = dir.join("client.toml");
     let tmp = dir.join(".client.toml.tmp");
-    std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| format!("{}: {e}", path.display()))
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -20,7 +20,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let priority = match *event.metadata().level() {
             Level::ERROR => 3,
             Level::WARN => 4,
@@ -42,12 +47,24 @@ pub fn init(config: &LogConfig) {
         LogFormat::Plain => false,
         LogFormat::Auto => std::env::var_os("JOURNAL_STREAM").is_some(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = if journal {
-        let inner = Format::default().without_time().with_level(false).with_target(false);
-        builder.with_ansi(false).fmt_fields(DefaultFields::new()).event_format(JournalFormat { inner }).try_init()
+        let inner = Format::default()
+            .without_time()
+            .with_level(false)
+            .with_target(false);
+        builder
+            .with_ansi(false)
+            .fmt_fields(DefaultFields::new())
+            .event_format(JournalFormat { inner })
+            .try_init()
     } else {
-        builder.with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init()
+        builder
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
     };
     let _ = result;
 }

@@ -9,10 +9,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "sockd", version, about = "TLS remote-access daemon with authenticated plugins")]
+#[command(
+    name = "sockd",
+    version,
+    about = "TLS remote-access daemon with authenticated plugins"
+)]
 struct Args {
     /// Configuration file.
-    #[arg(long, short, value_name = "FILE", default_value = "/etc/sockd/sockd.toml", conflicts_with = "dev")]
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        default_value = "/etc/sockd/sockd.toml",
+        conflicts_with = "dev"
+    )]
     config: PathBuf,
 
     /// Development mode: create (or reuse) DIR with a self-signed certificate,
@@ -42,11 +52,15 @@ fn main() -> ExitCode {
 }
 
 fn start(args: Args) -> Result<(), String> {
-    let mut overrides = DevOverrides { listen: args.listen, plugin_dir: None };
+    let mut overrides = DevOverrides {
+        listen: args.listen,
+        plugin_dir: None,
+    };
     let config_path = match &args.dev {
         Some(dir) => {
             let config = dev::prepare(dir)?;
-            let exe = std::env::current_exe().map_err(|e| format!("cannot locate the sockd binary: {e}"))?;
+            let exe = std::env::current_exe()
+                .map_err(|e| format!("cannot locate the sockd binary: {e}"))?;
             overrides.plugin_dir = exe.parent().map(|p| p.to_path_buf());
             config
         }
@@ -91,7 +105,14 @@ fn start(args: Args) -> Result<(), String> {
         .thread_name("sockd-rt")
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(server::run(Startup { config, config_path, dev_overrides: overrides, on_bound, inherited, watchdog }))?;
+    runtime.block_on(server::run(Startup {
+        config,
+        config_path,
+        dev_overrides: overrides,
+        on_bound,
+        inherited,
+        watchdog,
+    }))?;
     // Plugin threads still blocked in a call must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())

@@ -26,13 +26,20 @@ pub fn status(status: &str) {
 /// RELOADING=1 and MONOTONIC_USEC in one datagram, as systemd requires.
 pub fn reloading() {
     match NotifyState::monotonic_usec_now() {
-        Ok(now) => send(&[NotifyState::Reloading, now, NotifyState::Status("reloading")]),
+        Ok(now) => send(&[
+            NotifyState::Reloading,
+            now,
+            NotifyState::Status("reloading"),
+        ]),
         Err(e) => tracing::warn!("cannot read CLOCK_MONOTONIC: {e}"),
     }
 }
 
 pub fn stopping(grace: Duration) {
-    send(&[NotifyState::Stopping, NotifyState::Status("stopping: draining sessions")]);
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: draining sessions"),
+    ]);
     extend_timeout(grace + Duration::from_secs(5));
 }
 

@@ -30,7 +30,10 @@ const SWEEP_AT: usize = 10_000;
 
 impl Penalties {
     pub fn new(base: Duration, max: Duration) -> Self {
-        Self { limits: Mutex::new((base, max)), map: Mutex::new(HashMap::new()) }
+        Self {
+            limits: Mutex::new((base, max)),
+            map: Mutex::new(HashMap::new()),
+        }
     }
 
     /// New base and maximum (on reload); recorded failures are kept.
@@ -61,13 +64,18 @@ impl Penalties {
         }
         let mut longest = Duration::ZERO;
         for key in [Key::User(user.to_string()), Key::Source(source)] {
-            let e = map.entry(key).or_insert(Entry { failures: 0, until: now });
+            let e = map.entry(key).or_insert(Entry {
+                failures: 0,
+                until: now,
+            });
             // A long quiet spell forgives earlier failures.
             if now.saturating_duration_since(e.until) > max * 2 {
                 e.failures = 0;
             }
             e.failures = e.failures.saturating_add(1);
-            let penalty = base.saturating_mul(1u32 << (e.failures - 1).min(20)).min(max);
+            let penalty = base
+                .saturating_mul(1u32 << (e.failures - 1).min(20))
+                .min(max);
             e.until = now + penalty;
             longest = longest.max(penalty);
         }
@@ -76,7 +84,10 @@ impl Penalties {
 
     /// A successful login clears the user's penalty (not the source's).
     pub fn succeeded(&self, user: &str) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&Key::User(user.to_string()));
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&Key::User(user.to_string()));
     }
 }
 
@@ -95,7 +106,10 @@ mod tests {
         assert!(p.wait_for("u", ip) > Duration::from_millis(300));
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         assert!(p.wait_for("v", other).is_zero());
-        assert!(!p.wait_for("v", ip).is_zero(), "same source is slowed for any user");
+        assert!(
+            !p.wait_for("v", ip).is_zero(),
+            "same source is slowed for any user"
+        );
         p.succeeded("u");
         assert!(!p.wait_for("u", ip).is_zero(), "the source penalty stays");
         assert!(p.wait_for("u", other).is_zero());

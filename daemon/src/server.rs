@@ -67,7 +67,10 @@ impl DevOverrides {
 
 impl Shared {
     pub fn config(&self) -> Arc<Config> {
-        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn users(&self) -> Arc<Users> {
@@ -90,7 +93,11 @@ impl Shared {
     pub fn status_line(&self) -> String {
         let plugins = self.plugins.list();
         let loaded = plugins.iter().filter(|p| p.state == "loaded").count();
-        format!("{loaded} plugins, {} sessions, {} connections", Sessions::global().len(), self.connections.load(Ordering::Relaxed))
+        format!(
+            "{loaded} plugins, {} sessions, {} connections",
+            Sessions::global().len(),
+            self.connections.load(Ordering::Relaxed)
+        )
     }
 
     /// Re-reads config, users and certificates. On any error nothing changes.
@@ -145,7 +152,9 @@ impl Shared {
         }
         let count = per.entry(ip).or_insert(0);
         if *count >= max_per_source {
-            return Err(format!("per-source connection limit reached ({max_per_source})"));
+            return Err(format!(
+                "per-source connection limit reached ({max_per_source})"
+            ));
         }
         *count += 1;
         self.connections.fetch_add(1, Ordering::Relaxed);
@@ -195,16 +204,23 @@ pub struct Inherited {
 /// Must run before any other thread exists (it modifies the environment).
 pub unsafe fn take_inherited_listeners() -> Result<Inherited, String> {
     use std::os::fd::FromRawFd;
-    let mut out = Inherited { tls: Vec::new(), control: None };
+    let mut out = Inherited {
+        tls: Vec::new(),
+        control: None,
+    };
     // SAFETY: the caller guarantees no other thread exists yet.
     let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
         .map_err(|e| format!("socket activation: {e}"))?;
     for (fd, name) in fds {
         match name.as_str() {
             // SAFETY: systemd passed us this descriptor; we take sole ownership.
-            "tls" => out.tls.push(unsafe { std::net::TcpListener::from_raw_fd(fd) }),
+            "tls" => out
+                .tls
+                .push(unsafe { std::net::TcpListener::from_raw_fd(fd) }),
             // SAFETY: as above.
-            "control" => out.control = Some(unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) }),
+            "control" => {
+                out.control = Some(unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) })
+            }
             other => {
                 return Err(format!(
                     "socket activation: unexpected socket name {other:?} (use FileDescriptorName=tls or control)"
@@ -217,19 +233,32 @@ pub unsafe fn take_inherited_listeners() -> Result<Inherited, String> {
 
 /// Runs the daemon until it is told to stop.
 pub async fn run(startup: Startup) -> Result<(), String> {
-    let Startup { config, config_path, dev_overrides, on_bound, inherited, watchdog } = startup;
+    let Startup {
+        config,
+        config_path,
+        dev_overrides,
+        on_bound,
+        inherited,
+        watchdog,
+    } = startup;
 
     let users = Users::load(&config.server.users_file())?;
     let tls = crate::tls::server_config(&config.tls.certificate, &config.tls.private_key)?;
-    std::fs::create_dir_all(&config.server.state_dir)
-        .map_err(|e| format!("{}: cannot create state directory: {e}", config.server.state_dir.display()))?;
+    std::fs::create_dir_all(&config.server.state_dir).map_err(|e| {
+        format!(
+            "{}: cannot create state directory: {e}",
+            config.server.state_dir.display()
+        )
+    })?;
     let fake_secret = load_or_create_secret(&config.server.state_dir.join("auth-secret"))?;
     let plugins = PluginHost::load(&config.plugins, &config.server.state_dir)?;
 
     let mut listeners = Vec::new();
     if inherited.tls.is_empty() {
         for addr in &config.server.listen {
-            let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             listeners.push(l);
         }
     } else {
@@ -238,7 +267,10 @@ pub async fn run(startup: Startup) -> Result<(), String> {
             listeners.push(TcpListener::from_std(l).map_err(|e| e.to_string())?);
         }
     }
-    let listen: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let listen: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     let control_listener = match inherited.control {
         Some(l) => {
             l.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -271,7 +303,11 @@ pub async fn run(startup: Startup) -> Result<(), String> {
     for l in listeners {
         tokio::spawn(accept_loop(l, shared.clone(), shutdown.clone()));
     }
-    tokio::spawn(control::serve(control_listener, shared.clone(), shutdown.clone()));
+    tokio::spawn(control::serve(
+        control_listener,
+        shared.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(notify::watchdog(watchdog, shutdown.clone()));
 
     if let Some(f) = on_bound {
@@ -292,9 +328,11 @@ pub async fn run(startup: Startup) -> Result<(), String> {
 
 /// Handles SIGHUP until SIGTERM or SIGINT arrives.
 async fn wait_for_stop(shared: &Arc<Shared>) {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         tracing::error!("cannot install signal handlers; stopping");
         return;
     };
@@ -321,14 +359,19 @@ async fn drain(shared: &Arc<Shared>, trigger: &Trigger) {
     let mut last_extend = Instant::now();
     while shared.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         if last_extend.elapsed() > Duration::from_secs(5) {
-            notify::extend_timeout(deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5));
+            notify::extend_timeout(
+                deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5),
+            );
             last_extend = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let left = shared.connections.load(Ordering::Relaxed);
     if left > 0 {
-        tracing::warn!("grace period of {} s over; closing {left} connections", grace.as_secs());
+        tracing::warn!(
+            "grace period of {} s over; closing {left} connections",
+            grace.as_secs()
+        );
     }
 }
 
@@ -350,7 +393,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: S
             _ = shutdown.recv() => return,
         };
         let config = shared.config();
-        if let Err(why) = shared.admit(peer.ip(), config.server.max_connections, config.server.max_connections_per_source) {
+        if let Err(why) = shared.admit(
+            peer.ip(),
+            config.server.max_connections,
+            config.server.max_connections_per_source,
+        ) {
             tracing::warn!(%peer, "refusing connection: {why}");
             drop(tcp);
             continue;
@@ -373,18 +420,27 @@ fn load_or_create_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::read(path) {
         Ok(bytes) if bytes.len() == 32 => return Ok(bytes),
-        Ok(_) => return Err(format!("{}: expected 32 bytes; delete it to create a new one", path.display())),
+        Ok(_) => {
+            return Err(format!(
+                "{}: expected 32 bytes; delete it to create a new one",
+                path.display()
+            ));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(format!("{}: {e}", path.display())),
     }
     let mut secret = vec![0u8; 32];
-    ring::rand::SystemRandom::new().fill(&mut secret).map_err(|_| "no randomness available".to_string())?;
+    ring::rand::SystemRandom::new()
+        .fill(&mut secret)
+        .map_err(|_| "no randomness available".to_string())?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(&secret).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(&secret)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(secret)
 }

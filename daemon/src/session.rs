@@ -21,15 +21,24 @@ pub struct Session {
 
 impl Session {
     pub fn open_operation(&self, wire_id: u32, command: &str) {
-        self.operations.lock().unwrap_or_else(|p| p.into_inner()).insert(wire_id, command.to_string());
+        self.operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(wire_id, command.to_string());
     }
 
     pub fn close_operation(&self, wire_id: u32) {
-        self.operations.lock().unwrap_or_else(|p| p.into_inner()).remove(&wire_id);
+        self.operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&wire_id);
     }
 
     pub fn active_operations(&self) -> usize {
-        self.operations.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Resolves when an administrator kicks this session.
@@ -38,14 +47,23 @@ impl Session {
     }
 
     pub fn info(&self) -> sockd_proto::control::SessionInfo {
-        let mut commands: Vec<String> =
-            self.operations.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut commands: Vec<String> = self
+            .operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         commands.sort();
         sockd_proto::control::SessionInfo {
             id: self.id,
             user: self.user.clone(),
             address: self.peer.to_string(),
-            since: self.since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            since: self
+                .since
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             active_operations: commands.len() as u32,
             commands,
         }
@@ -63,7 +81,10 @@ impl Sessions {
     /// context argument to find it by.
     pub fn global() -> &'static Sessions {
         static SESSIONS: OnceLock<Sessions> = OnceLock::new();
-        SESSIONS.get_or_init(|| Sessions { map: RwLock::new(HashMap::new()), next_id: AtomicU64::new(1) })
+        SESSIONS.get_or_init(|| Sessions {
+            map: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        })
     }
 
     pub fn register(&self, user: &str, peer: SocketAddr) -> Arc<Session> {
@@ -76,16 +97,28 @@ impl Sessions {
             operations: Mutex::new(HashMap::new()),
             kick: watch::channel(false).0,
         });
-        self.map.write().unwrap_or_else(|p| p.into_inner()).insert(id, session.clone());
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, session.clone());
         session
     }
 
     pub fn remove(&self, id: u64) {
-        self.map.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     pub fn list(&self) -> Vec<sockd_proto::control::SessionInfo> {
-        let mut out: Vec<_> = self.map.read().unwrap_or_else(|p| p.into_inner()).values().map(|s| s.info()).collect();
+        let mut out: Vec<_> = self
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|s| s.info())
+            .collect();
         out.sort_by_key(|s| s.id);
         out
     }
@@ -110,6 +143,10 @@ impl Sessions {
     }
 
     pub fn user_online(&self, user: &str) -> bool {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).values().any(|s| s.user == user)
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|s| s.user == user)
     }
 }

@@ -14,7 +14,10 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConf
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: bad PEM certificate: {e}", cert_path.display()))?;
     if certs.is_empty() {
-        return Err(format!("{}: no CERTIFICATE block found", cert_path.display()));
+        return Err(format!(
+            "{}: no CERTIFICATE block found",
+            cert_path.display()
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(key_path)
         .map_err(|e| format!("{}: cannot read private key: {e}", key_path.display()))?;
@@ -25,7 +28,11 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConf
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| {
-            format!("{} and {}: certificate and key do not form a usable pair: {e}", cert_path.display(), key_path.display())
+            format!(
+                "{} and {}: certificate and key do not form a usable pair: {e}",
+                cert_path.display(),
+                key_path.display()
+            )
         })?;
     config.alpn_protocols = vec![sockd_proto::message::ALPN.to_vec()];
     Ok(Arc::new(config))
@@ -33,7 +40,8 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConf
 
 /// `sha256:<hex>` of the first certificate in a PEM file: what clients pin.
 pub fn fingerprint(cert_path: &Path) -> Result<String, String> {
-    let cert = CertificateDer::from_pem_file(cert_path).map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    let cert = CertificateDer::from_pem_file(cert_path)
+        .map_err(|e| format!("{}: {e}", cert_path.display()))?;
     Ok(fingerprint_der(&cert))
 }
 

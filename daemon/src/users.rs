@@ -27,7 +27,9 @@ pub struct Users {
 /// User names: what a home directory and a log line can safely carry.
 pub fn valid_user_name(name: &str) -> bool {
     (1..=32).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
         && !name.starts_with(['-', '.'])
 }
 
@@ -35,22 +37,31 @@ pub fn record_to_credential(r: &CredentialRecord) -> Result<StoredCredential, St
     let kind = match r.kind.as_str() {
         "password" => CredentialKind::Password,
         "key" => CredentialKind::Key,
-        other => return Err(format!("kind must be \"password\" or \"key\", not {other:?}")),
+        other => {
+            return Err(format!(
+                "kind must be \"password\" or \"key\", not {other:?}"
+            ));
+        }
     };
     let key32 = |field: &str, text: &str| -> Result<[u8; 32], String> {
         hex::decode(text)
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| format!("{field} must be 64 hex digits"))
     };
-    let salt = hex::decode(&r.salt).filter(|s| (8..=64).contains(&s.len())).ok_or("salt must be 8 to 64 bytes of hex")?;
+    let salt = hex::decode(&r.salt)
+        .filter(|s| (8..=64).contains(&s.len()))
+        .ok_or("salt must be 8 to 64 bytes of hex")?;
     let iterations_ok = match kind {
-        CredentialKind::Password => {
-            (sockd_proto::auth::MIN_ITERATIONS..=sockd_proto::auth::MAX_ITERATIONS).contains(&r.iterations)
-        }
+        CredentialKind::Password => (sockd_proto::auth::MIN_ITERATIONS
+            ..=sockd_proto::auth::MAX_ITERATIONS)
+            .contains(&r.iterations),
         CredentialKind::Key => r.iterations == 0,
     };
     if !iterations_ok {
-        return Err(format!("iterations {} is not valid for a {} credential", r.iterations, r.kind));
+        return Err(format!(
+            "iterations {} is not valid for a {} credential",
+            r.iterations, r.kind
+        ));
     }
     Ok(StoredCredential {
         kind,
@@ -79,14 +90,15 @@ impl Users {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Users::default()),
             Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
         };
-        let file: UsersFile =
-            toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let file: UsersFile = toml::from_str(&text)
+            .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))?;
         let mut map = BTreeMap::new();
         for (name, record) in &file.users {
             if !valid_user_name(name) {
                 return Err(format!("{}: invalid user name {name:?}", path.display()));
             }
-            let cred = record_to_credential(record).map_err(|e| format!("{}: users.{name}: {e}", path.display()))?;
+            let cred = record_to_credential(record)
+                .map_err(|e| format!("{}: users.{name}: {e}", path.display()))?;
             map.insert(name.clone(), cred);
         }
         Ok(Users { map })
@@ -94,11 +106,22 @@ impl Users {
 
     /// Writes the users file atomically with mode 0600.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let file = UsersFile { users: self.map.iter().map(|(n, c)| (n.clone(), credential_to_record(c))).collect() };
+        let file = UsersFile {
+            users: self
+                .map
+                .iter()
+                .map(|(n, c)| (n.clone(), credential_to_record(c)))
+                .collect(),
+        };
         let text = toml::to_string(&file).map_err(std::io::Error::other)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let tmp = dir.join(format!(".users.toml.{}", std::process::id()));
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(b"# sockd users: written by `sockctl user add/del`; holds no secrets.\n")?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
@@ -125,7 +148,11 @@ impl Users {
     pub fn list(&self) -> Vec<UserInfo> {
         self.map
             .iter()
-            .map(|(n, c)| UserInfo { name: n.clone(), kind: c.kind.name().into(), iterations: c.iterations })
+            .map(|(n, c)| UserInfo {
+                name: n.clone(),
+                kind: c.kind.name().into(),
+                iterations: c.iterations,
+            })
             .collect()
     }
 }
@@ -140,12 +167,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.toml");
         let mut users = Users::default();
-        users.insert("alice", StoredCredential::new(&Secret::Key([1; 32]), vec![2; 16], 0));
+        users.insert(
+            "alice",
+            StoredCredential::new(&Secret::Key([1; 32]), vec![2; 16], 0),
+        );
         users.save(&path).unwrap();
         let back = Users::load(&path).unwrap();
         assert_eq!(back.get("alice"), users.get("alice"));
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

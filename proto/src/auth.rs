@@ -72,7 +72,13 @@ pub fn salted_secret(secret: &Secret, salt: &[u8], iterations: u32) -> [u8; 32] 
     match secret {
         Secret::Password(p) => {
             let iterations = NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN);
-            pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt, p.as_bytes(), &mut out);
+            pbkdf2::derive(
+                pbkdf2::PBKDF2_HMAC_SHA256,
+                iterations,
+                salt,
+                p.as_bytes(),
+                &mut out,
+            );
         }
         Secret::Key(k) => {
             let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, k), salt);
@@ -105,7 +111,11 @@ pub struct DerivedKeys {
 
 pub fn derive_keys(salted: &[u8; 32]) -> DerivedKeys {
     let client_key = hmac32(salted, b"Client Key");
-    DerivedKeys { stored_key: sha256(&client_key), server_key: hmac32(salted, b"Server Key"), client_key }
+    DerivedKeys {
+        stored_key: sha256(&client_key),
+        server_key: hmac32(salted, b"Server Key"),
+        client_key,
+    }
 }
 
 impl StoredCredential {
@@ -116,7 +126,13 @@ impl StoredCredential {
             Secret::Key(_) => 0,
         };
         let keys = derive_keys(&salted_secret(secret, &salt, iterations));
-        Self { kind: secret.kind(), salt, iterations, stored_key: keys.stored_key, server_key: keys.server_key }
+        Self {
+            kind: secret.kind(),
+            salt,
+            iterations,
+            stored_key: keys.stored_key,
+            server_key: keys.server_key,
+        }
     }
 }
 
@@ -163,7 +179,11 @@ impl ClientProof {
         for (p, s) in proof.iter_mut().zip(signature) {
             *p ^= s;
         }
-        Self { proof, server_key: keys.server_key, auth_message }
+        Self {
+            proof,
+            server_key: keys.server_key,
+            auth_message,
+        }
     }
 
     /// True if the server proved it holds ServerKey (constant time).
@@ -204,7 +224,12 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Parameters for a user that does not exist, derived from a server secret
 /// so they are stable across attempts and restarts, like a real user's.
-pub fn fake_credential(server_secret: &[u8], user: &str, kind: CredentialKind, iterations: u32) -> StoredCredential {
+pub fn fake_credential(
+    server_secret: &[u8],
+    user: &str,
+    kind: CredentialKind,
+    iterations: u32,
+) -> StoredCredential {
     let mut input = Vec::with_capacity(user.len() + 8);
     input.extend_from_slice(b"salt\0");
     input.extend_from_slice(user.as_bytes());
@@ -215,7 +240,13 @@ pub fn fake_credential(server_secret: &[u8], user: &str, kind: CredentialKind, i
         CredentialKind::Password => iterations,
         CredentialKind::Key => 0,
     };
-    StoredCredential { kind, salt, iterations, stored_key: keys.stored_key, server_key: keys.server_key }
+    StoredCredential {
+        kind,
+        salt,
+        iterations,
+        stored_key: keys.stored_key,
+        server_key: keys.server_key,
+    }
 }
 
 /// Why a challenge was refused by the client before any proof was computed.
@@ -234,15 +265,25 @@ impl fmt::Display for ChallengeError {
                 "server asked for {found} PBKDF2 iterations; sockctl accepts {MIN_ITERATIONS} to {MAX_ITERATIONS}"
             ),
             Self::KeyWithIterations { found } => {
-                write!(f, "server asked for {found} iterations for a key credential (expected 0)")
+                write!(
+                    f,
+                    "server asked for {found} iterations for a key credential (expected 0)"
+                )
             }
-            Self::BadSalt { len } => write!(f, "server sent a {len}-byte salt (expected 8 to {MAX_SALT_LEN})"),
+            Self::BadSalt { len } => write!(
+                f,
+                "server sent a {len}-byte salt (expected 8 to {MAX_SALT_LEN})"
+            ),
         }
     }
 }
 
 /// The client's sanity check of the server's challenge.
-pub fn check_challenge(kind: CredentialKind, salt: &[u8], iterations: u32) -> Result<(), ChallengeError> {
+pub fn check_challenge(
+    kind: CredentialKind,
+    salt: &[u8],
+    iterations: u32,
+) -> Result<(), ChallengeError> {
     if !(8..=MAX_SALT_LEN).contains(&salt.len()) {
         return Err(ChallengeError::BadSalt { len: salt.len() });
     }
@@ -250,7 +291,9 @@ pub fn check_challenge(kind: CredentialKind, salt: &[u8], iterations: u32) -> Re
         CredentialKind::Password if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) => {
             Err(ChallengeError::IterationsOutOfRange { found: iterations })
         }
-        CredentialKind::Key if iterations != 0 => Err(ChallengeError::KeyWithIterations { found: iterations }),
+        CredentialKind::Key if iterations != 0 => {
+            Err(ChallengeError::KeyWithIterations { found: iterations })
+        }
         _ => Ok(()),
     }
 }
@@ -266,9 +309,12 @@ pub fn encode_key(key: &[u8; KEY_LEN]) -> String {
 pub fn decode_key(text: &str) -> Result<[u8; KEY_LEN], String> {
     let text = text.trim();
     let bytes = crate::hex::decode(text).ok_or("key file is not hexadecimal")?;
-    bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| format!("key file holds {} bytes; a key is {KEY_LEN} bytes (64 hex digits)", b.len()))
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        format!(
+            "key file holds {} bytes; a key is {KEY_LEN} bytes (64 hex digits)",
+            b.len()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -301,7 +347,15 @@ mod tests {
         let secret = Secret::Password("correct horse".into());
         let stored = StoredCredential::new(&secret, b"0123456789abcdef".to_vec(), 10_000);
         let (cn, sn, cb) = ([1u8; 32], [2u8; 32], [3u8; 32]);
-        let t = transcript("alice", CredentialKind::Password, &cn, &sn, &stored.salt, stored.iterations, &cb);
+        let t = transcript(
+            "alice",
+            CredentialKind::Password,
+            &cn,
+            &sn,
+            &stored.salt,
+            stored.iterations,
+            &cb,
+        );
         let client = ClientProof::new(&salted_secret(&secret, &stored.salt, stored.iterations), &t);
         let sig = verify_client_proof(&stored, &t, &client.proof).expect("proof accepted");
         assert!(client.verify_server(&sig));
@@ -316,10 +370,26 @@ mod tests {
         let t = transcript("bob", CredentialKind::Key, &cn, &sn, &stored.salt, 0, &cb);
         let proof = ClientProof::new(&salted_secret(&secret, &stored.salt, 0), &t).proof;
         let other_nonce = [4u8; 32];
-        let replay = transcript("bob", CredentialKind::Key, &cn, &other_nonce, &stored.salt, 0, &cb);
+        let replay = transcript(
+            "bob",
+            CredentialKind::Key,
+            &cn,
+            &other_nonce,
+            &stored.salt,
+            0,
+            &cb,
+        );
         assert!(verify_client_proof(&stored, &replay, &proof).is_none());
         let other_tls = [6u8; 32];
-        let relayed = transcript("bob", CredentialKind::Key, &cn, &sn, &stored.salt, 0, &other_tls);
+        let relayed = transcript(
+            "bob",
+            CredentialKind::Key,
+            &cn,
+            &sn,
+            &stored.salt,
+            0,
+            &other_tls,
+        );
         assert!(verify_client_proof(&stored, &relayed, &proof).is_none());
         let wrong = Secret::Key([8; 32]);
         let bad = ClientProof::new(&salted_secret(&wrong, &stored.salt, 0), &t).proof;
@@ -328,9 +398,24 @@ mod tests {
 
     #[test]
     fn fake_credentials_are_stable_and_user_specific() {
-        let a = fake_credential(b"secret", "mallory", CredentialKind::Password, DEFAULT_ITERATIONS);
-        let b = fake_credential(b"secret", "mallory", CredentialKind::Password, DEFAULT_ITERATIONS);
-        let c = fake_credential(b"secret", "trudy", CredentialKind::Password, DEFAULT_ITERATIONS);
+        let a = fake_credential(
+            b"secret",
+            "mallory",
+            CredentialKind::Password,
+            DEFAULT_ITERATIONS,
+        );
+        let b = fake_credential(
+            b"secret",
+            "mallory",
+            CredentialKind::Password,
+            DEFAULT_ITERATIONS,
+        );
+        let c = fake_credential(
+            b"secret",
+            "trudy",
+            CredentialKind::Password,
+            DEFAULT_ITERATIONS,
+        );
         assert_eq!(a, b);
         assert_ne!(a.salt, c.salt);
         assert_eq!(a.salt.len(), SALT_LEN);
@@ -379,8 +464,14 @@ mod tests {
             ("server_signature", hex::encode(&sig)),
         ];
         let expected = include_str!("../testdata/auth-vector.txt");
-        let got: String = vectors.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
-        assert_eq!(got, expected, "update docs/PROTOCOL.md and testdata/auth-vector.txt together");
+        let got: String = vectors
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect();
+        assert_eq!(
+            got, expected,
+            "update docs/PROTOCOL.md and testdata/auth-vector.txt together"
+        );
 
         let pw = Secret::Password("pencil".into());
         let salted_pw = salted_secret(&pw, &salt, 10_000);

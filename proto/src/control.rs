@@ -93,11 +93,20 @@ pub struct ControlError {
 
 impl Response {
     pub fn ok(result: impl Serialize) -> Self {
-        Response::Ok { ok: True, result: serde_json::to_value(result).unwrap_or(serde_json::Value::Null) }
+        Response::Ok {
+            ok: True,
+            result: serde_json::to_value(result).unwrap_or(serde_json::Value::Null),
+        }
     }
 
     pub fn err(code: crate::ErrorCode, message: impl Into<String>) -> Self {
-        Response::Err { ok: False, error: ControlError { code: code.slug().into(), message: message.into() } }
+        Response::Err {
+            ok: False,
+            error: ControlError {
+                code: code.slug().into(),
+                message: message.into(),
+            },
+        }
     }
 }
 
@@ -168,6 +177,9 @@ mod tests {
         let err = Response::err(crate::ErrorCode::NotFound, "no user x");
         let text = serde_json::to_string(&err).unwrap();
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), err);
-        assert!(matches!(serde_json::from_str::<Response>(&ok).unwrap(), Response::Ok { .. }));
+        assert!(matches!(
+            serde_json::from_str::<Response>(&ok).unwrap(),
+            Response::Ok { .. }
+        ));
     }
 }

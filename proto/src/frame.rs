@@ -79,7 +79,13 @@ pub struct Frame {
 
 impl fmt::Debug for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Frame({:?} ch={} len={})", self.kind, self.channel, self.payload.len())
+        write!(
+            f,
+            "Frame({:?} ch={} len={})",
+            self.kind,
+            self.channel,
+            self.payload.len()
+        )
     }
 }
 
@@ -100,7 +106,10 @@ impl fmt::Display for FrameError {
                 write!(f, "frame of {length} bytes exceeds the maximum of {max}")
             }
             Self::TooShort { length } => {
-                write!(f, "frame length {length} is shorter than the {FRAME_OVERHEAD}-byte header")
+                write!(
+                    f,
+                    "frame length {length} is shorter than the {FRAME_OVERHEAD}-byte header"
+                )
             }
             Self::UnknownKind { kind } => write!(f, "unknown frame kind 0x{kind:02x}"),
             Self::Io(e) => write!(f, "{e}"),
@@ -126,7 +135,10 @@ pub struct FrameCodec {
 
 impl FrameCodec {
     pub fn new(max_frame: u32) -> Self {
-        Self { max_recv: max_frame, max_send: max_frame }
+        Self {
+            max_recv: max_frame,
+            max_send: max_frame,
+        }
     }
 
     /// After HELLO: never send more than the peer accepts.
@@ -154,7 +166,10 @@ impl Decoder for FrameCodec {
         }
         let length = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
         if length > self.max_recv {
-            return Err(FrameError::TooLarge { length, max: self.max_recv });
+            return Err(FrameError::TooLarge {
+                length,
+                max: self.max_recv,
+            });
         }
         if (length as usize) < FRAME_OVERHEAD {
             return Err(FrameError::TooShort { length });
@@ -170,7 +185,11 @@ impl Decoder for FrameCodec {
         let raw_kind = src.get_u8();
         let payload = src.split_to(length as usize - FRAME_OVERHEAD).freeze();
         let kind = Kind::from_u8(raw_kind).ok_or(FrameError::UnknownKind { kind: raw_kind })?;
-        Ok(Some(Frame { channel, kind, payload }))
+        Ok(Some(Frame {
+            channel,
+            kind,
+            payload,
+        }))
     }
 }
 
@@ -202,7 +221,11 @@ mod tests {
     fn encode_decode() {
         let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
         let mut buf = BytesMut::new();
-        let f = Frame { channel: 3, kind: Kind::Data, payload: Bytes::from_static(b"\0hi") };
+        let f = Frame {
+            channel: 3,
+            kind: Kind::Data,
+            payload: Bytes::from_static(b"\0hi"),
+        };
         codec.encode(f.clone(), &mut buf).unwrap();
         assert_eq!(&buf[..], b"\0\0\0\x08\0\0\0\x03\x11\0hi");
         // Byte by byte: no frame until the last byte.
@@ -229,17 +252,29 @@ mod tests {
             }
             other => panic!("expected TooLarge, got {other:?}"),
         }
-        assert!(buf.capacity() < 1024, "the claimed length must not be reserved");
+        assert!(
+            buf.capacity() < 1024,
+            "the claimed length must not be reserved"
+        );
     }
 
     #[test]
     fn garbage_is_an_error() {
         let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
         let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]);
-        assert!(matches!(codec.decode(&mut buf), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::TooLarge { .. })
+        ));
         let mut buf = BytesMut::from(&[0, 0, 0, 2, 0, 0][..]);
-        assert!(matches!(codec.decode(&mut buf), Err(FrameError::TooShort { length: 2 })));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::TooShort { length: 2 })
+        ));
         let mut buf = BytesMut::from(&[0, 0, 0, 5, 0, 0, 0, 0, 0x7f][..]);
-        assert!(matches!(codec.decode(&mut buf), Err(FrameError::UnknownKind { kind: 0x7f })));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::UnknownKind { kind: 0x7f })
+        ));
     }
 }

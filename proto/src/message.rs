@@ -72,23 +72,69 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     Hello(Hello),
-    AuthStart { user: String, kind: CredentialKind, client_nonce: [u8; NONCE_LEN] },
-    AuthChallenge { server_nonce: [u8; NONCE_LEN], salt: Bytes, iterations: u32 },
-    AuthProof { proof: [u8; NONCE_LEN] },
-    AuthOk { server_signature: [u8; NONCE_LEN], session_id: u64 },
-    AuthFail { code: ErrorCode, retry_after_ms: u32, message: String },
-    Ping { payload: Bytes },
-    Pong { payload: Bytes },
+    AuthStart {
+        user: String,
+        kind: CredentialKind,
+        client_nonce: [u8; NONCE_LEN],
+    },
+    AuthChallenge {
+        server_nonce: [u8; NONCE_LEN],
+        salt: Bytes,
+        iterations: u32,
+    },
+    AuthProof {
+        proof: [u8; NONCE_LEN],
+    },
+    AuthOk {
+        server_signature: [u8; NONCE_LEN],
+        session_id: u64,
+    },
+    AuthFail {
+        code: ErrorCode,
+        retry_after_ms: u32,
+        message: String,
+    },
+    Ping {
+        payload: Bytes,
+    },
+    Pong {
+        payload: Bytes,
+    },
     /// Fatal connection error; the sender closes after it.
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
     /// The server accepts no new channels; open ones may finish.
-    GoAway { code: ErrorCode, message: String },
-    Open { channel: u32, command: String, args: Vec<Bytes> },
-    Data { channel: u32, stream: u8, data: Bytes },
-    Eof { channel: u32, stream: u8 },
-    Credit { channel: u32, bytes: u32 },
+    GoAway {
+        code: ErrorCode,
+        message: String,
+    },
+    Open {
+        channel: u32,
+        command: String,
+        args: Vec<Bytes>,
+    },
+    Data {
+        channel: u32,
+        stream: u8,
+        data: Bytes,
+    },
+    Eof {
+        channel: u32,
+        stream: u8,
+    },
+    Credit {
+        channel: u32,
+        bytes: u32,
+    },
     /// Server: the operation ended. Client: cancel.
-    Close { channel: u32, code: ErrorCode, value: i64, message: String },
+    Close {
+        channel: u32,
+        code: ErrorCode,
+        value: i64,
+        message: String,
+    },
 }
 
 /// A frame that is well-framed but not a valid message.
@@ -139,21 +185,35 @@ impl Message {
                 for _ in 0..count {
                     capabilities.push(r.str("capability").map_err(field)?);
                 }
-                Message::Hello(Hello { version, max_frame, window, software, identity, capabilities })
+                Message::Hello(Hello {
+                    version,
+                    max_frame,
+                    window,
+                    software,
+                    identity,
+                    capabilities,
+                })
             }
             Kind::AuthStart => {
                 let user = r.str("user").map_err(field)?;
                 let raw = r.u8("kind").map_err(field)?;
-                let kind = CredentialKind::from_u8(raw).ok_or(ProtocolError::BadCredentialKind(raw))?;
+                let kind =
+                    CredentialKind::from_u8(raw).ok_or(ProtocolError::BadCredentialKind(raw))?;
                 let client_nonce = r.array("client_nonce").map_err(field)?;
-                Message::AuthStart { user, kind, client_nonce }
+                Message::AuthStart {
+                    user,
+                    kind,
+                    client_nonce,
+                }
             }
             Kind::AuthChallenge => Message::AuthChallenge {
                 server_nonce: r.array("server_nonce").map_err(field)?,
                 salt: r.bytes("salt").map_err(field)?,
                 iterations: r.u32("iterations").map_err(field)?,
             },
-            Kind::AuthProof => Message::AuthProof { proof: r.array("proof").map_err(field)? },
+            Kind::AuthProof => Message::AuthProof {
+                proof: r.array("proof").map_err(field)?,
+            },
             Kind::AuthOk => Message::AuthOk {
                 server_signature: r.array("server_signature").map_err(field)?,
                 session_id: r.u64("session_id").map_err(field)?,
@@ -183,14 +243,28 @@ impl Message {
                 for _ in 0..count {
                     args.push(r.bytes("arg").map_err(field)?);
                 }
-                Message::Open { channel, command, args }
+                Message::Open {
+                    channel,
+                    command,
+                    args,
+                }
             }
             Kind::Data => {
                 let stream = r.u8("stream").map_err(field)?;
-                Message::Data { channel, stream, data: r.rest() }
+                Message::Data {
+                    channel,
+                    stream,
+                    data: r.rest(),
+                }
             }
-            Kind::Eof => Message::Eof { channel, stream: r.u8("stream").map_err(field)? },
-            Kind::Credit => Message::Credit { channel, bytes: r.u32("bytes").map_err(field)? },
+            Kind::Eof => Message::Eof {
+                channel,
+                stream: r.u8("stream").map_err(field)?,
+            },
+            Kind::Credit => Message::Credit {
+                channel,
+                bytes: r.u32("bytes").map_err(field)?,
+            },
             Kind::Close => Message::Close {
                 channel,
                 code: ErrorCode::from_u16(r.u16("code").map_err(field)?),
@@ -207,18 +281,30 @@ impl Message {
         let mut w = Writer::new();
         let (channel, kind) = match self {
             Message::Hello(h) => {
-                w.u16(h.version).u32(h.max_frame).u32(h.window).str(&h.software).str(&h.identity);
+                w.u16(h.version)
+                    .u32(h.max_frame)
+                    .u32(h.window)
+                    .str(&h.software)
+                    .str(&h.identity);
                 w.u16(h.capabilities.len() as u16);
                 for c in &h.capabilities {
                     w.str(c);
                 }
                 (CONTROL_CHANNEL, Kind::Hello)
             }
-            Message::AuthStart { user, kind, client_nonce } => {
+            Message::AuthStart {
+                user,
+                kind,
+                client_nonce,
+            } => {
                 w.str(user).u8(*kind as u8).raw(client_nonce);
                 (CONTROL_CHANNEL, Kind::AuthStart)
             }
-            Message::AuthChallenge { server_nonce, salt, iterations } => {
+            Message::AuthChallenge {
+                server_nonce,
+                salt,
+                iterations,
+            } => {
                 w.raw(server_nonce).bytes(salt).u32(*iterations);
                 (CONTROL_CHANNEL, Kind::AuthChallenge)
             }
@@ -226,11 +312,18 @@ impl Message {
                 w.raw(proof);
                 (CONTROL_CHANNEL, Kind::AuthProof)
             }
-            Message::AuthOk { server_signature, session_id } => {
+            Message::AuthOk {
+                server_signature,
+                session_id,
+            } => {
                 w.raw(server_signature).u64(*session_id);
                 (CONTROL_CHANNEL, Kind::AuthOk)
             }
-            Message::AuthFail { code, retry_after_ms, message } => {
+            Message::AuthFail {
+                code,
+                retry_after_ms,
+                message,
+            } => {
                 w.u16(code.as_u16()).u32(*retry_after_ms).str(message);
                 (CONTROL_CHANNEL, Kind::AuthFail)
             }
@@ -250,14 +343,22 @@ impl Message {
                 w.u16(code.as_u16()).str(message);
                 (CONTROL_CHANNEL, Kind::GoAway)
             }
-            Message::Open { channel, command, args } => {
+            Message::Open {
+                channel,
+                command,
+                args,
+            } => {
                 w.str(command).u16(args.len() as u16);
                 for a in args {
                     w.bytes(a);
                 }
                 (*channel, Kind::Open)
             }
-            Message::Data { channel, stream, data } => {
+            Message::Data {
+                channel,
+                stream,
+                data,
+            } => {
                 w.u8(*stream).raw(data);
                 (*channel, Kind::Data)
             }
@@ -269,12 +370,21 @@ impl Message {
                 w.u32(*bytes);
                 (*channel, Kind::Credit)
             }
-            Message::Close { channel, code, value, message } => {
+            Message::Close {
+                channel,
+                code,
+                value,
+                message,
+            } => {
                 w.u16(code.as_u16()).i64(*value).str(message);
                 (*channel, Kind::Close)
             }
         };
-        Frame { channel, kind, payload: w.finish() }
+        Frame {
+            channel,
+            kind,
+            payload: w.finish(),
+        }
     }
 }
 
@@ -302,39 +412,107 @@ mod tests {
             identity: "host".into(),
             capabilities: vec!["a".into(), "b".into()],
         }));
-        round_trip(Message::AuthStart { user: "demo".into(), kind: CredentialKind::Key, client_nonce: [7; 32] });
-        round_trip(Message::AuthChallenge { server_nonce: [1; 32], salt: Bytes::from_static(b"salt"), iterations: 4096 });
+        round_trip(Message::AuthStart {
+            user: "demo".into(),
+            kind: CredentialKind::Key,
+            client_nonce: [7; 32],
+        });
+        round_trip(Message::AuthChallenge {
+            server_nonce: [1; 32],
+            salt: Bytes::from_static(b"salt"),
+            iterations: 4096,
+        });
         round_trip(Message::AuthProof { proof: [2; 32] });
-        round_trip(Message::AuthOk { server_signature: [3; 32], session_id: 9 });
-        round_trip(Message::AuthFail { code: ErrorCode::AuthFailed, retry_after_ms: 10, message: "no".into() });
-        round_trip(Message::Ping { payload: Bytes::from_static(b"12345678") });
-        round_trip(Message::Pong { payload: Bytes::new() });
-        round_trip(Message::Error { code: ErrorCode::Protocol, message: "bad".into() });
-        round_trip(Message::GoAway { code: ErrorCode::ShuttingDown, message: "bye".into() });
-        round_trip(Message::Open { channel: 1, command: "exec".into(), args: vec![Bytes::from_static(b"ls")] });
-        round_trip(Message::Data { channel: 1, stream: 1, data: Bytes::from_static(b"x") });
-        round_trip(Message::Eof { channel: 1, stream: 0 });
-        round_trip(Message::Credit { channel: 1, bytes: 65536 });
-        round_trip(Message::Close { channel: 1, code: ErrorCode::Ok, value: -1, message: String::new() });
+        round_trip(Message::AuthOk {
+            server_signature: [3; 32],
+            session_id: 9,
+        });
+        round_trip(Message::AuthFail {
+            code: ErrorCode::AuthFailed,
+            retry_after_ms: 10,
+            message: "no".into(),
+        });
+        round_trip(Message::Ping {
+            payload: Bytes::from_static(b"12345678"),
+        });
+        round_trip(Message::Pong {
+            payload: Bytes::new(),
+        });
+        round_trip(Message::Error {
+            code: ErrorCode::Protocol,
+            message: "bad".into(),
+        });
+        round_trip(Message::GoAway {
+            code: ErrorCode::ShuttingDown,
+            message: "bye".into(),
+        });
+        round_trip(Message::Open {
+            channel: 1,
+            command: "exec".into(),
+            args: vec![Bytes::from_static(b"ls")],
+        });
+        round_trip(Message::Data {
+            channel: 1,
+            stream: 1,
+            data: Bytes::from_static(b"x"),
+        });
+        round_trip(Message::Eof {
+            channel: 1,
+            stream: 0,
+        });
+        round_trip(Message::Credit {
+            channel: 1,
+            bytes: 65536,
+        });
+        round_trip(Message::Close {
+            channel: 1,
+            code: ErrorCode::Ok,
+            value: -1,
+            message: String::new(),
+        });
     }
 
     #[test]
     fn channel_rules_are_enforced() {
-        let mut f = Message::Data { channel: 1, stream: 0, data: Bytes::new() }.encode();
+        let mut f = Message::Data {
+            channel: 1,
+            stream: 0,
+            data: Bytes::new(),
+        }
+        .encode();
         f.channel = 0;
-        assert!(matches!(Message::decode(f), Err(ProtocolError::WrongChannel { .. })));
-        let mut f = Message::Ping { payload: Bytes::new() }.encode();
+        assert!(matches!(
+            Message::decode(f),
+            Err(ProtocolError::WrongChannel { .. })
+        ));
+        let mut f = Message::Ping {
+            payload: Bytes::new(),
+        }
+        .encode();
         f.channel = 4;
-        assert!(matches!(Message::decode(f), Err(ProtocolError::WrongChannel { .. })));
+        assert!(matches!(
+            Message::decode(f),
+            Err(ProtocolError::WrongChannel { .. })
+        ));
     }
 
     #[test]
     fn trailing_and_truncated_fields_are_errors() {
         let mut f = Message::AuthProof { proof: [0; 32] }.encode();
         f.payload = f.payload.slice(..31);
-        assert!(matches!(Message::decode(f), Err(ProtocolError::Field { .. })));
-        let mut f = Message::Eof { channel: 1, stream: 0 }.encode();
+        assert!(matches!(
+            Message::decode(f),
+            Err(ProtocolError::Field { .. })
+        ));
+        let mut f = Message::Eof {
+            channel: 1,
+            stream: 0,
+        }
+        .encode();
         f.payload = Bytes::from_static(&[0, 0]);
-        assert!(matches!(Message::decode(f), Err(ProtocolError::Field { .. })));
+        assert!(matches!(
+            Message::decode(f),
+            Err(ProtocolError::Field { .. })
+        ));
     }
 }

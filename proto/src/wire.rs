@@ -19,7 +19,11 @@ pub enum DecodeError {
     /// A field had a value outside its allowed set.
     BadValue { field: &'static str, value: u64 },
     /// A fixed-size field had the wrong length.
-    BadLength { field: &'static str, expected: usize, found: usize },
+    BadLength {
+        field: &'static str,
+        expected: usize,
+        found: usize,
+    },
 }
 
 impl fmt::Display for DecodeError {
@@ -27,9 +31,17 @@ impl fmt::Display for DecodeError {
         match self {
             Self::Truncated { field } => write!(f, "message ends inside field `{field}`"),
             Self::NotUtf8 { field } => write!(f, "field `{field}` is not valid UTF-8"),
-            Self::TrailingBytes { count } => write!(f, "{count} unexpected bytes after the last field"),
-            Self::BadValue { field, value } => write!(f, "field `{field}` has invalid value {value}"),
-            Self::BadLength { field, expected, found } => {
+            Self::TrailingBytes { count } => {
+                write!(f, "{count} unexpected bytes after the last field")
+            }
+            Self::BadValue { field, value } => {
+                write!(f, "field `{field}` has invalid value {value}")
+            }
+            Self::BadLength {
+                field,
+                expected,
+                found,
+            } => {
                 write!(f, "field `{field}` must be {expected} bytes, found {found}")
             }
         }
@@ -192,7 +204,13 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut w = Writer::new();
-        w.u8(7).u16(300).u32(70000).u64(1 << 40).i64(-5).str("héllo").bytes(b"\x00\x01");
+        w.u8(7)
+            .u16(300)
+            .u32(70000)
+            .u64(1 << 40)
+            .i64(-5)
+            .str("héllo")
+            .bytes(b"\x00\x01");
         let mut r = Reader::new(w.finish());
         assert_eq!(r.u8("a").unwrap(), 7);
         assert_eq!(r.u16("b").unwrap(), 300);
@@ -207,7 +225,10 @@ mod tests {
     #[test]
     fn truncated_length_prefix_is_an_error_not_a_panic() {
         let mut r = Reader::new(Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 1]));
-        assert_eq!(r.bytes("blob"), Err(DecodeError::Truncated { field: "blob" }));
+        assert_eq!(
+            r.bytes("blob"),
+            Err(DecodeError::Truncated { field: "blob" })
+        );
         let mut r = Reader::new(Bytes::from_static(&[0, 2, 0xc3]));
         assert_eq!(r.str("name"), Err(DecodeError::Truncated { field: "name" }));
         let mut r = Reader::new(Bytes::from_static(&[0, 1, 0xff]));

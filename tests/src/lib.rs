@@ -18,13 +18,20 @@ use std::time::{Duration, Instant};
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/debug/deps/<test> -> target/debug
-    exe.parent().and_then(Path::parent).expect("target directory").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf()
 }
 
 /// Path of a workspace binary; fails with a hint if it was not built.
 pub fn bin(name: &str) -> PathBuf {
     let path = target_dir().join(name);
-    assert!(path.exists(), "{} not found: run `cargo build --workspace` before the tests", path.display());
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace` before the tests",
+        path.display()
+    );
     path
 }
 
@@ -80,10 +87,18 @@ impl Daemon {
     }
 
     pub fn start_with(options: Options) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("sockd-e2e-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("sockd-e2e-")
+            .tempdir()
+            .expect("tempdir");
         let config = options.config.unwrap_or_else(|| TEST_CONFIG.to_string());
         std::fs::write(dir.path().join("sockd.toml"), config).expect("write config");
-        let mut daemon = Daemon { child: None, dir, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log: PathBuf::new() };
+        let mut daemon = Daemon {
+            child: None,
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log: PathBuf::new(),
+        };
         daemon.log = daemon.dir.path().join("sockd.log");
         daemon.spawn(&options.env);
         daemon
@@ -93,27 +108,53 @@ impl Daemon {
     fn spawn(&mut self, env: &[(String, String)]) {
         let client = self.path("client.toml");
         let _ = std::fs::remove_file(&client);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let mut cmd = Command::new(bin("sockd"));
-        cmd.arg("--dev").arg(self.dir.path()).arg("--listen").arg("127.0.0.1:0");
+        cmd.arg("--dev")
+            .arg(self.dir.path())
+            .arg("--listen")
+            .arg("127.0.0.1:0");
         cmd.env("RUST_LOG", "debug").env_remove("NOTIFY_SOCKET");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("log")).stderr(log).spawn().expect("spawn sockd");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn sockd");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(text) = std::fs::read_to_string(&client)
-                && let Some(addr) = text.lines().find_map(|l| l.strip_prefix("server = \"")).and_then(|l| l.strip_suffix('"'))
+                && let Some(addr) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("server = \""))
+                    .and_then(|l| l.strip_suffix('"'))
             {
                 self.addr = addr.parse().expect("server address in client.toml");
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("sockd exited during start-up ({status}):\n{}", self.log_text());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "sockd exited during start-up ({status}):\n{}",
+                    self.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "sockd not ready after 30 s:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "sockd not ready after 30 s:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -123,7 +164,10 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).expect("daemon running")
+        self.child
+            .as_ref()
+            .map(|c| c.id() as i32)
+            .expect("daemon running")
     }
 
     pub fn log_text(&self) -> String {
@@ -154,7 +198,12 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run sockctl");
-        child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
         child.wait_with_output().expect("sockctl output")
     }
 

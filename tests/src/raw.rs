@@ -49,7 +49,9 @@ impl ServerCertVerifier for AcceptAny {
         Ok(HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -65,7 +67,10 @@ pub async fn tls_connect(addr: SocketAddr) -> TlsStream<TcpStream> {
     config.alpn_protocols = vec![ALPN.to_vec()];
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    connector.connect(ServerName::try_from("localhost").expect("name"), tcp).await.expect("tls handshake")
+    connector
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("tls handshake")
 }
 
 pub struct RawClient {
@@ -109,7 +114,10 @@ impl RawClient {
             .1
             .export_keying_material(&mut channel_binding, auth::CHANNEL_BINDING_LABEL, None)
             .expect("exporter");
-        RawClient { framed: Framed::new(tls, FrameCodec::new(DEFAULT_MAX_FRAME)), channel_binding }
+        RawClient {
+            framed: Framed::new(tls, FrameCodec::new(DEFAULT_MAX_FRAME)),
+            channel_binding,
+        }
     }
 
     /// TLS plus the HELLO exchange.
@@ -153,11 +161,25 @@ impl RawClient {
     pub async fn start_auth(&mut self, user: &str, kind: sockd_proto::CredentialKind) -> Challenge {
         let mut client_nonce = [0u8; 32];
         SystemRandom::new().fill(&mut client_nonce).expect("random");
-        self.send(Message::AuthStart { user: user.into(), kind, client_nonce }).await;
+        self.send(Message::AuthStart {
+            user: user.into(),
+            kind,
+            client_nonce,
+        })
+        .await;
         match self.recv().await {
-            Some(Message::AuthChallenge { server_nonce, salt, iterations }) => {
-                Challenge { user: user.into(), kind, client_nonce, server_nonce, salt, iterations }
-            }
+            Some(Message::AuthChallenge {
+                server_nonce,
+                salt,
+                iterations,
+            }) => Challenge {
+                user: user.into(),
+                kind,
+                client_nonce,
+                server_nonce,
+                salt,
+                iterations,
+            },
             other => panic!("expected AUTH_CHALLENGE, got {other:?}"),
         }
     }

@@ -10,7 +10,10 @@ use sockd_proto::{CredentialKind, ErrorCode, Message};
 use std::time::Duration;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// A good login still works and answers a ping.
@@ -20,13 +23,25 @@ async fn assert_serving(d: &Daemon) {
         Some(Message::AuthOk { .. }) => {}
         other => panic!("good login refused: {other:?}"),
     }
-    c.send(Message::Ping { payload: bytes::Bytes::from_static(b"still-up") }).await;
-    assert_eq!(c.recv().await, Some(Message::Pong { payload: bytes::Bytes::from_static(b"still-up") }));
+    c.send(Message::Ping {
+        payload: bytes::Bytes::from_static(b"still-up"),
+    })
+    .await;
+    assert_eq!(
+        c.recv().await,
+        Some(Message::Pong {
+            payload: bytes::Bytes::from_static(b"still-up")
+        })
+    );
 }
 
 fn expect_auth_fail(m: Option<Message>) -> u32 {
     match m {
-        Some(Message::AuthFail { code: ErrorCode::AuthFailed, retry_after_ms, message }) => {
+        Some(Message::AuthFail {
+            code: ErrorCode::AuthFailed,
+            retry_after_ms,
+            message,
+        }) => {
             assert!(message.contains("authentication failed"), "{message}");
             retry_after_ms
         }
@@ -55,7 +70,9 @@ fn key_login_succeeds_and_server_proves_itself() {
         let proof = sockd_proto::auth::ClientProof::new(&salted, &t);
         c.send(Message::AuthProof { proof: proof.proof }).await;
         match c.recv().await {
-            Some(Message::AuthOk { server_signature, .. }) => assert!(proof.verify_server(&server_signature)),
+            Some(Message::AuthOk {
+                server_signature, ..
+            }) => assert!(proof.verify_server(&server_signature)),
             other => panic!("expected AUTH_OK, got {other:?}"),
         }
     });
@@ -78,7 +95,10 @@ fn wrong_secret_and_unknown_user_fail_the_same_way() {
         expect_auth_fail(c2.recv().await);
         // The unknown user's parameters are stable, like a real user's.
         let mut c3 = RawClient::connect_hello(d.addr).await;
-        assert_eq!(c3.start_auth("nobody-here", CredentialKind::Key).await.salt, unknown.salt);
+        assert_eq!(
+            c3.start_auth("nobody-here", CredentialKind::Key).await.salt,
+            unknown.salt
+        );
         // Password attempts for unknown users get sane fake iterations.
         let mut c4 = RawClient::connect_hello(d.addr).await;
         let pw = c4.start_auth("nobody-here", CredentialKind::Password).await;
@@ -132,12 +152,20 @@ fn failures_are_penalised_with_growing_delays() {
         let mut c = RawClient::connect_hello(d.addr).await;
         let first = expect_auth_fail(c.login("demo", &Secret::Key([1; 32])).await);
         let second = expect_auth_fail(c.login("demo", &Secret::Key([1; 32])).await);
-        assert_eq!((first, second), (10, 20), "penalty doubles from penalty_base_ms");
+        assert_eq!(
+            (first, second),
+            (10, 20),
+            "penalty doubles from penalty_base_ms"
+        );
         let third = expect_auth_fail(c.login("demo", &Secret::Key([1; 32])).await);
         assert_eq!(third, 40, "capped at penalty_max_ms");
         // max_attempts (3) reached: the server ends the connection.
         match c.recv().await {
-            Some(Message::Error { code: ErrorCode::AuthFailed, .. }) | None => {}
+            Some(Message::Error {
+                code: ErrorCode::AuthFailed,
+                ..
+            })
+            | None => {}
             other => panic!("expected the connection to end, got {other:?}"),
         }
         assert_serving(&d).await;
@@ -147,12 +175,23 @@ fn failures_are_penalised_with_growing_delays() {
 #[test]
 fn client_that_never_authenticates_is_dropped() {
     let config = TEST_CONFIG.replace("timeout_secs = 10", "timeout_secs = 1");
-    let d = Daemon::start_with(Options { config: Some(config), ..Options::default() });
+    let d = Daemon::start_with(Options {
+        config: Some(config),
+        ..Options::default()
+    });
     rt().block_on(async {
         let mut idle = RawClient::connect_hello(d.addr).await;
-        let got = tokio::time::timeout(Duration::from_secs(20), idle.recv()).await.expect("dropped in time");
+        let got = tokio::time::timeout(Duration::from_secs(20), idle.recv())
+            .await
+            .expect("dropped in time");
         assert!(
-            matches!(got, Some(Message::Error { code: ErrorCode::AuthTimeout, .. })),
+            matches!(
+                got,
+                Some(Message::Error {
+                    code: ErrorCode::AuthTimeout,
+                    ..
+                })
+            ),
             "expected AUTH_TIMEOUT, got {got:?}"
         );
         assert_eq!(idle.recv().await, None, "connection closed after the error");
@@ -165,11 +204,31 @@ fn nothing_but_auth_before_login() {
     let d = Daemon::start();
     rt().block_on(async {
         let mut c = RawClient::connect_hello(d.addr).await;
-        c.send(Message::Open { channel: 1, command: "echo".into(), args: vec![] }).await;
-        assert!(matches!(c.recv().await, Some(Message::Error { code: ErrorCode::NotAuthenticated, .. })));
+        c.send(Message::Open {
+            channel: 1,
+            command: "echo".into(),
+            args: vec![],
+        })
+        .await;
+        assert!(matches!(
+            c.recv().await,
+            Some(Message::Error {
+                code: ErrorCode::NotAuthenticated,
+                ..
+            })
+        ));
         let mut c = RawClient::connect_hello(d.addr).await;
-        c.send(Message::Ping { payload: bytes::Bytes::new() }).await;
-        assert!(matches!(c.recv().await, Some(Message::Error { code: ErrorCode::NotAuthenticated, .. })));
+        c.send(Message::Ping {
+            payload: bytes::Bytes::new(),
+        })
+        .await;
+        assert!(matches!(
+            c.recv().await,
+            Some(Message::Error {
+                code: ErrorCode::NotAuthenticated,
+                ..
+            })
+        ));
         assert_serving(&d).await;
     });
 }
@@ -182,7 +241,10 @@ fn oversized_frame_is_refused_without_allocation() {
         // Announce a 2 GiB frame and send nothing more.
         c.send_raw(&[0x7f, 0xff, 0xff, 0xff]).await;
         match c.recv().await {
-            Some(Message::Error { code: ErrorCode::FrameTooLarge, message }) => {
+            Some(Message::Error {
+                code: ErrorCode::FrameTooLarge,
+                message,
+            }) => {
                 assert!(message.contains("2147483647"), "{message}")
             }
             other => panic!("expected FRAME_TOO_LARGE, got {other:?}"),
@@ -190,9 +252,18 @@ fn oversized_frame_is_refused_without_allocation() {
         assert_eq!(c.recv().await, None);
         // Also after login.
         let mut c = RawClient::connect_hello(d.addr).await;
-        assert!(matches!(c.login("demo", &demo_secret(d.dir.path())).await, Some(Message::AuthOk { .. })));
+        assert!(matches!(
+            c.login("demo", &demo_secret(d.dir.path())).await,
+            Some(Message::AuthOk { .. })
+        ));
         c.send_raw(&[0xff, 0xff, 0xff, 0xff]).await;
-        assert!(matches!(c.recv().await, Some(Message::Error { code: ErrorCode::FrameTooLarge, .. })));
+        assert!(matches!(
+            c.recv().await,
+            Some(Message::Error {
+                code: ErrorCode::FrameTooLarge,
+                ..
+            })
+        ));
         assert_serving(&d).await;
     });
 }
@@ -204,14 +275,23 @@ fn garbage_instead_of_hello_gets_a_clear_error() {
         let mut c = RawClient::connect(d.addr).await;
         c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
         match c.recv().await {
-            Some(Message::Error { code: ErrorCode::FrameTooLarge | ErrorCode::Protocol, message }) => {
+            Some(Message::Error {
+                code: ErrorCode::FrameTooLarge | ErrorCode::Protocol,
+                message,
+            }) => {
                 assert!(!message.is_empty())
             }
             other => panic!("expected an ERROR, got {other:?}"),
         }
         let mut c = RawClient::connect(d.addr).await;
         c.send_raw(&[0, 0, 0, 5, 0, 0, 0, 0, 0x55]).await;
-        assert!(matches!(c.recv().await, Some(Message::Error { code: ErrorCode::Protocol, .. })));
+        assert!(matches!(
+            c.recv().await,
+            Some(Message::Error {
+                code: ErrorCode::Protocol,
+                ..
+            })
+        ));
         let mut c = RawClient::connect(d.addr).await;
         c.send(Message::Hello(sockd_proto::Hello {
             version: 99,
@@ -222,13 +302,28 @@ fn garbage_instead_of_hello_gets_a_clear_error() {
             capabilities: vec![],
         }))
         .await;
-        assert!(matches!(c.recv().await, Some(Message::Error { code: ErrorCode::VersionMismatch, .. })));
+        assert!(matches!(
+            c.recv().await,
+            Some(Message::Error {
+                code: ErrorCode::VersionMismatch,
+                ..
+            })
+        ));
         // Plain TCP garbage never even completes TLS.
         let mut tcp = tokio::net::TcpStream::connect(d.addr).await.expect("tcp");
-        tokio::io::AsyncWriteExt::write_all(&mut tcp, b"\x00garbage garbage garbage\r\n").await.expect("write");
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, b"\x00garbage garbage garbage\r\n")
+            .await
+            .expect("write");
         let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut tcp, &mut buf)).await;
-        assert!(matches!(n, Ok(Ok(_)) | Ok(Err(_))), "server closes a non-TLS peer");
+        let n = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+        )
+        .await;
+        assert!(
+            matches!(n, Ok(Ok(_)) | Ok(Err(_))),
+            "server closes a non-TLS peer"
+        );
         assert_serving(&d).await;
     });
 }

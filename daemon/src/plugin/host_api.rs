@@ -100,7 +100,9 @@ fn status(r: Result<(), ChannelError>) -> i32 {
 }
 
 fn channel(handle: u64) -> Result<Arc<Channel>, i32> {
-    ChannelTable::global().get(handle).ok_or(-sys::SOCKD_E_CLOSED)
+    ChannelTable::global()
+        .get(handle)
+        .ok_or(-sys::SOCKD_E_CLOSED)
 }
 
 /// Borrows `len` bytes at `ptr` for the duration of a host call; `None` if
@@ -141,7 +143,13 @@ unsafe extern "C" fn host_log(host: *const SockdHost, level: u32, msg: *const u8
     })
 }
 
-unsafe extern "C" fn host_read(handle: u64, stream: *mut u8, buf: *mut u8, cap: usize, timeout_ms: i64) -> i64 {
+unsafe extern "C" fn host_read(
+    handle: u64,
+    stream: *mut u8,
+    buf: *mut u8,
+    cap: usize,
+    timeout_ms: i64,
+) -> i64 {
     guard(-i64::from(sys::SOCKD_E_INTERNAL), || {
         if buf.is_null() || cap == 0 || cap > isize::MAX as usize {
             return -i64::from(sys::SOCKD_E_BAD_REQUEST);
@@ -190,12 +198,16 @@ unsafe extern "C" fn host_try_write(handle: u64, stream: u8, data: *const u8, le
 }
 
 unsafe extern "C" fn host_write_eof(handle: u64, stream: u8) -> i32 {
-    guard(-sys::SOCKD_E_INTERNAL, || channel(handle).map_or_else(|c| c, |ch| status(ch.write_eof(stream))))
+    guard(-sys::SOCKD_E_INTERNAL, || {
+        channel(handle).map_or_else(|c| c, |ch| status(ch.write_eof(stream)))
+    })
 }
 
 unsafe extern "C" fn host_is_cancelled(handle: u64) -> i32 {
     // An unknown channel answers nonzero too, so a polling loop ends.
-    guard(-sys::SOCKD_E_INTERNAL, || channel(handle).map_or_else(|c| c, |ch| i32::from(ch.is_cancelled())))
+    guard(-sys::SOCKD_E_INTERNAL, || {
+        channel(handle).map_or_else(|c| c, |ch| i32::from(ch.is_cancelled()))
+    })
 }
 
 unsafe extern "C" fn host_set_result(handle: u64, value: i64, msg: *const u8, len: usize) -> i32 {
@@ -210,7 +222,9 @@ unsafe extern "C" fn host_set_result(handle: u64, value: i64, msg: *const u8, le
 }
 
 unsafe extern "C" fn host_subscribe(handle: u64) -> i32 {
-    guard(-sys::SOCKD_E_INTERNAL, || channel(handle).map_or_else(|c| c, |ch| status(ch.subscribe())))
+    guard(-sys::SOCKD_E_INTERNAL, || {
+        channel(handle).map_or_else(|c| c, |ch| status(ch.subscribe()))
+    })
 }
 
 unsafe extern "C" fn host_push_user(
@@ -228,7 +242,9 @@ unsafe extern "C" fn host_push_user(
             return -i64::from(sys::SOCKD_E_BAD_REQUEST);
         };
         // SAFETY: the ABI lends both byte ranges for the duration of this call.
-        let (Some(user), Some(data)) = (unsafe { bytes(user, user_len) }, unsafe { bytes(data, len) }) else {
+        let (Some(user), Some(data)) = (unsafe { bytes(user, user_len) }, unsafe {
+            bytes(data, len)
+        }) else {
             return -i64::from(sys::SOCKD_E_BAD_REQUEST);
         };
         let (delivered, skipped) = push(table.plugin(), user, stream, data);
@@ -243,7 +259,8 @@ unsafe extern "C" fn host_push_user(
 /// Offers `data` to every subscribed channel of `plugin` owned by `user`
 /// (whatever build opened it). Returns (delivered, skipped because full).
 pub(crate) fn push(plugin: &str, user: &[u8], stream: u8, data: &[u8]) -> (u64, u64) {
-    let targets = ChannelTable::global().matching(|c| c.owner.plugin == plugin && c.owner.user.as_bytes() == user);
+    let targets = ChannelTable::global()
+        .matching(|c| c.owner.plugin == plugin && c.owner.user.as_bytes() == user);
     let (mut delivered, mut full) = (0, 0);
     for ch in targets.iter().filter(|c| c.is_subscribed()) {
         match ch.try_write(stream, data) {
@@ -260,7 +277,8 @@ unsafe extern "C" fn host_user_online(user: *const u8, user_len: usize) -> i32 {
     guard(0, || {
         // SAFETY: the ABI lends user/user_len for the duration of this call.
         let user = unsafe { bytes(user, user_len) }.and_then(|u| std::str::from_utf8(u).ok());
-        user.is_some_and(|u| !u.is_empty() && Sessions::global().user_online(u)).into()
+        user.is_some_and(|u| !u.is_empty() && Sessions::global().user_online(u))
+            .into()
     })
 }
 
@@ -272,9 +290,17 @@ mod tests {
     use sockd_proto::Message;
     use tokio::sync::mpsc;
 
-    fn open(plugin: &str, user: &str, credit: u32) -> (Arc<Channel>, mpsc::UnboundedReceiver<Message>) {
+    fn open(
+        plugin: &str,
+        user: &str,
+        credit: u32,
+    ) -> (Arc<Channel>, mpsc::UnboundedReceiver<Message>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let owner = Owner { session_id: 7, user: user.into(), plugin: plugin.into() };
+        let owner = Owner {
+            session_id: 7,
+            user: user.into(),
+            plugin: plugin.into(),
+        };
         let ch = Channel::new(1, owner, tx, 1024, credit, 512);
         ChannelTable::global().insert(ch.clone());
         (ch, rx)
@@ -290,11 +316,20 @@ mod tests {
         let mut buf = [0u8; 8];
         // SAFETY (test): all pointers are valid locals.
         unsafe {
-            assert_eq!((raw.read)(ch.handle, &mut stream, buf.as_mut_ptr(), buf.len(), 0), -20);
+            assert_eq!(
+                (raw.read)(ch.handle, &mut stream, buf.as_mut_ptr(), buf.len(), 0),
+                -20
+            );
             ch.on_data(2, Bytes::from_static(b"hi")).unwrap();
-            assert_eq!((raw.read)(ch.handle, &mut stream, buf.as_mut_ptr(), buf.len(), -1), 2);
+            assert_eq!(
+                (raw.read)(ch.handle, &mut stream, buf.as_mut_ptr(), buf.len(), -1),
+                2
+            );
             assert_eq!((stream, &buf[..2]), (2, &b"hi"[..]));
-            assert_eq!((raw.read)(ch.handle, &mut stream, std::ptr::null_mut(), 4, 0), -10);
+            assert_eq!(
+                (raw.read)(ch.handle, &mut stream, std::ptr::null_mut(), 4, 0),
+                -10
+            );
             assert_eq!((raw.try_write)(ch.handle, 0, b"hello".as_ptr(), 5), -100);
             assert_eq!((raw.write)(ch.handle, 0, b"hey".as_ptr(), 3), 0);
             assert_eq!((raw.write)(ch.handle, 0, std::ptr::null(), 3), -10);
@@ -309,7 +344,9 @@ mod tests {
             (raw.log)(std::ptr::null(), 99, std::ptr::null(), 3);
         }
         assert!(matches!(rx.try_recv(), Ok(Message::Data { .. })));
-        assert!(matches!(rx.try_recv(), Ok(Message::Close { value: 3, ref message, .. }) if message == "done"));
+        assert!(
+            matches!(rx.try_recv(), Ok(Message::Close { value: 3, ref message, .. }) if message == "done")
+        );
     }
 
     #[test]
@@ -327,11 +364,24 @@ mod tests {
         }
         let mut full = 99u64;
         // SAFETY (test): all pointers are valid locals.
-        let n = unsafe { (raw.push_user)(raw, b"bob".as_ptr(), 3, 0, b"ping".as_ptr(), 4, &mut full) };
+        let n =
+            unsafe { (raw.push_user)(raw, b"bob".as_ptr(), 3, 0, b"ping".as_ptr(), 4, &mut full) };
         assert_eq!((n, full), (1, 1));
-        assert!(matches!(rx_a.try_recv(), Ok(Message::Data { ref data, .. }) if &data[..] == b"ping"));
+        assert!(
+            matches!(rx_a.try_recv(), Ok(Message::Data { ref data, .. }) if &data[..] == b"ping")
+        );
         // SAFETY (test): a null host is refused, not dereferenced.
-        let n = unsafe { (raw.push_user)(std::ptr::null(), b"bob".as_ptr(), 3, 0, b"x".as_ptr(), 1, &mut full) };
+        let n = unsafe {
+            (raw.push_user)(
+                std::ptr::null(),
+                b"bob".as_ptr(),
+                3,
+                0,
+                b"x".as_ptr(),
+                1,
+                &mut full,
+            )
+        };
         assert_eq!(n, -10);
         for ch in [a, b, other_user, other_plugin, unsubscribed] {
             ch.finish(sockd_proto::ErrorCode::Ok, "");

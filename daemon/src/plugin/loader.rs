@@ -33,7 +33,7 @@ use std::ffi::{c_char, c_void};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -57,7 +57,13 @@ pub struct LoadError {
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "plugin \"{}\" ({}) refused: {}", self.plugin, self.file.display(), self.summary)?;
+        write!(
+            f,
+            "plugin \"{}\" ({}) refused: {}",
+            self.plugin,
+            self.file.display(),
+            self.summary
+        )?;
         if let Some(detail) = &self.detail {
             write!(f, "\n  DETAIL: {detail}")?;
         }
@@ -102,7 +108,10 @@ unsafe impl Sync for Build {}
 
 impl fmt::Debug for Build {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Build").field("name", &self.name).field("version", &self.version).finish_non_exhaustive()
+        f.debug_struct("Build")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
     }
 }
 
@@ -124,7 +133,11 @@ impl Build {
         // SAFETY: configure comes from a validated descriptor; state is what
         // init returned; the config bytes outlive the call.
         let code = unsafe { configure(self.state, SockdStr::from_slice(config.as_bytes())) };
-        if code == sys::SOCKD_OK { Ok(()) } else { Err(code) }
+        if code == sys::SOCKD_OK {
+            Ok(())
+        } else {
+            Err(code)
+        }
     }
 
     pub fn session_closed(&self, session_id: u64) {
@@ -166,7 +179,8 @@ impl Build {
     /// A call ended: if this build was retired and this was its last call,
     /// shut it down.
     pub fn call_ended(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.retired.load(Ordering::SeqCst) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.retired.load(Ordering::SeqCst)
+        {
             self.shutdown_once();
         }
     }
@@ -210,12 +224,21 @@ pub fn load(name: &str, entry: &PluginEntry, cx: &LoadContext<'_>) -> Result<Bui
 
     // Open first and check what we opened, so the file cannot be swapped
     // between the check and the copy.
-    let mut source = File::open(&path).map_err(|e| refuse("cannot open the file".into(), Some(io_text(&e))))?;
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut source =
+        File::open(&path).map_err(|e| refuse("cannot open the file".into(), Some(io_text(&e))))?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let dir_meta = fs::metadata(parent).map_err(|e| {
-        refuse("cannot inspect its directory".into(), Some(format!("{}: {}", parent.display(), io_text(&e))))
+        refuse(
+            "cannot inspect its directory".into(),
+            Some(format!("{}: {}", parent.display(), io_text(&e))),
+        )
     })?;
-    let file_meta = source.metadata().map_err(|e| refuse("cannot inspect the file".into(), Some(io_text(&e))))?;
+    let file_meta = source
+        .metadata()
+        .map_err(|e| refuse("cannot inspect the file".into(), Some(io_text(&e))))?;
     if !file_meta.is_file() {
         return Err(refuse("not a regular file".into(), None));
     }
@@ -231,22 +254,31 @@ pub fn load(name: &str, entry: &PluginEntry, cx: &LoadContext<'_>) -> Result<Bui
     // The mapping stays valid without its name; the copy must not linger.
     let _ = fs::remove_file(&copy);
     let library = opened.map_err(|e| {
-        refuse("cannot load the library".into(), Some(dl_text(&e).replace(&*copy.to_string_lossy(), &path.to_string_lossy())))
+        refuse(
+            "cannot load the library".into(),
+            Some(dl_text(&e).replace(&*copy.to_string_lossy(), &path.to_string_lossy())),
+        )
     })?;
+    // Never unloaded, even when refused below: its initialisers have run
+    // and may have registered destructors (see the module docs).
+    let library: &'static Library = Box::leak(Box::new(library));
 
     // SAFETY: the symbol's type is the ABI's entry function; `Option` maps a
     // (theoretical) null symbol to None instead of a null fn pointer.
     let symbol = unsafe { library.get::<Option<sys::EntryFn>>(sys::SOCKD_PLUGIN_ENTRY_SYMBOL) };
     let entry_fn = match symbol.map(|s| *s) {
         Ok(Some(f)) => f,
-        Ok(None) => return Err(refuse("the entry point is missing".into(), Some("sockd_plugin_entry is null".into()))),
+        Ok(None) => {
+            return Err(refuse(
+                "the entry point is missing".into(),
+                Some("sockd_plugin_entry is null".into()),
+            ));
+        }
         Err(e) => {
             let text = dl_text(&e).replace(&*copy.to_string_lossy(), &path.to_string_lossy());
             return Err(refuse("the entry point is missing".into(), Some(text)));
         }
     };
-    // Never unloaded: see the module docs.
-    std::mem::forget(library);
 
     // SAFETY: the ABI's entry point takes no arguments and returns a pointer
     // to a static descriptor (checked below before any use).
@@ -266,17 +298,39 @@ struct Checked {
 
 type Refusal = (String, String);
 
-fn mismatch(summary: &str, field: &str, expected: impl fmt::Display, found: impl fmt::Display) -> Refusal {
-    (summary.to_string(), format!("field {field}: expected {expected}, found {found}"))
+fn mismatch(
+    summary: &str,
+    field: &str,
+    expected: impl fmt::Display,
+    found: impl fmt::Display,
+) -> Refusal {
+    (
+        summary.to_string(),
+        format!("field {field}: expected {expected}, found {found}"),
+    )
 }
 
 /// Checks a descriptor before anything in it is used.
-fn validate(desc: *const SockdPlugin, name: &str, taken: &HashMap<String, String>) -> Result<Checked, Refusal> {
+fn validate(
+    desc: *const SockdPlugin,
+    name: &str,
+    taken: &HashMap<String, String>,
+) -> Result<Checked, Refusal> {
     if desc.is_null() {
-        return Err(mismatch("invalid descriptor", "sockd_plugin_entry()", "a descriptor pointer", "NULL"));
+        return Err(mismatch(
+            "invalid descriptor",
+            "sockd_plugin_entry()",
+            "a descriptor pointer",
+            "NULL",
+        ));
     }
     if !desc.cast::<u64>().is_aligned() || !desc.is_aligned() {
-        return Err(mismatch("invalid descriptor", "sockd_plugin_entry()", "an aligned pointer", format!("{desc:p}")));
+        return Err(mismatch(
+            "invalid descriptor",
+            "sockd_plugin_entry()",
+            "an aligned pointer",
+            format!("{desc:p}"),
+        ));
     }
     // The first 16 bytes (magic, size, version) are the same in every ABI
     // version, so they can be read before the size is known to be right.
@@ -300,7 +354,12 @@ fn validate(desc: *const SockdPlugin, name: &str, taken: &HashMap<String, String
         ));
     }
     if major != sys::SOCKD_ABI_MAJOR {
-        return Err(mismatch("ABI major version mismatch", "abi_major", sys::SOCKD_ABI_MAJOR, major));
+        return Err(mismatch(
+            "ABI major version mismatch",
+            "abi_major",
+            sys::SOCKD_ABI_MAJOR,
+            major,
+        ));
     }
     if too_old(minor) {
         return Err(mismatch(
@@ -326,12 +385,23 @@ fn validate(desc: *const SockdPlugin, name: &str, taken: &HashMap<String, String
 
     // SAFETY: descriptor strings are static, NUL-terminated per the ABI;
     // c_string reads at most MAX_DESCRIPTOR_STRING bytes.
-    let found_name = unsafe { c_string(desc.name) }.map_err(|e| mismatch("invalid plugin name", "name", "a string", e))?;
+    let found_name = unsafe { c_string(desc.name) }
+        .map_err(|e| mismatch("invalid plugin name", "name", "a string", e))?;
     let Ok(found_name) = std::str::from_utf8(found_name) else {
-        return Err(mismatch("invalid plugin name", "name", "UTF-8", "invalid UTF-8"));
+        return Err(mismatch(
+            "invalid plugin name",
+            "name",
+            "UTF-8",
+            "invalid UTF-8",
+        ));
     };
     if !valid_plugin_name(found_name) {
-        return Err(mismatch("invalid plugin name", "name", "[a-z0-9_-]{1,32}", format_args!("\"{found_name}\"")));
+        return Err(mismatch(
+            "invalid plugin name",
+            "name",
+            "[a-z0-9_-]{1,32}",
+            format_args!("\"{found_name}\""),
+        ));
     }
     if found_name != name {
         return Err(mismatch(
@@ -342,9 +412,15 @@ fn validate(desc: *const SockdPlugin, name: &str, taken: &HashMap<String, String
         ));
     }
     // SAFETY: as for the name.
-    let version = unsafe { c_string(desc.version) }.map_err(|e| mismatch("invalid version", "version", "a string", e))?;
+    let version = unsafe { c_string(desc.version) }
+        .map_err(|e| mismatch("invalid version", "version", "a string", e))?;
     if version.is_empty() {
-        return Err(mismatch("invalid version", "version", "a non-empty string", "\"\""));
+        return Err(mismatch(
+            "invalid version",
+            "version",
+            "a non-empty string",
+            "\"\"",
+        ));
     }
     let version = String::from_utf8_lossy(version).into_owned();
     // SAFETY: commands is a static NULL-terminated array per the ABI;
@@ -354,7 +430,9 @@ fn validate(desc: *const SockdPlugin, name: &str, taken: &HashMap<String, String
         if let Some(owner) = taken.get(command) {
             return Err((
                 format!("command `{command}` is already served by plugin \"{owner}\""),
-                format!("field commands: expected commands no other plugin serves, found \"{command}\""),
+                format!(
+                    "field commands: expected commands no other plugin serves, found \"{command}\""
+                ),
             ));
         }
     }
@@ -364,10 +442,19 @@ fn validate(desc: *const SockdPlugin, name: &str, taken: &HashMap<String, String
     let Some(init) = desc.init else {
         return Err(mismatch("missing function", "init", "a function", "NULL"));
     };
-    Ok(Checked { desc, version, commands, handle, init })
+    Ok(Checked {
+        desc,
+        version,
+        commands,
+        handle,
+        init,
+    })
 }
 
-#[allow(clippy::absurd_extreme_comparisons, reason = "always false until MIN_SUPPORTED_MINOR is raised")]
+#[allow(
+    clippy::absurd_extreme_comparisons,
+    reason = "always false until MIN_SUPPORTED_MINOR is raised"
+)]
 fn too_old(minor: u16) -> bool {
     minor < MIN_SUPPORTED_MINOR
 }
@@ -404,7 +491,12 @@ unsafe fn c_string(p: *const c_char) -> Result<&'static [u8], String> {
 /// `list` must be null or a static NULL-terminated array of C strings.
 unsafe fn command_list(list: *const *const c_char) -> Result<Vec<String>, Refusal> {
     if list.is_null() {
-        return Err(mismatch("no commands", "commands", "a NULL-terminated list", "NULL"));
+        return Err(mismatch(
+            "no commands",
+            "commands",
+            "a NULL-terminated list",
+            "NULL",
+        ));
     }
     let mut out: Vec<String> = Vec::new();
     for i in 0..=MAX_COMMANDS {
@@ -414,41 +506,86 @@ unsafe fn command_list(list: *const *const c_char) -> Result<Vec<String>, Refusa
             break;
         }
         if i == MAX_COMMANDS {
-            return Err(mismatch("too many commands", "commands", format_args!("at most {MAX_COMMANDS}"), "more"));
+            return Err(mismatch(
+                "too many commands",
+                "commands",
+                format_args!("at most {MAX_COMMANDS}"),
+                "more",
+            ));
         }
         let field = format!("commands[{i}]");
         // SAFETY: each entry is a static NUL-terminated string per the ABI.
-        let raw = unsafe { c_string(p) }.map_err(|e| mismatch("invalid command name", &field, "a string", e))?;
-        let command = std::str::from_utf8(raw).ok().filter(|c| valid_plugin_name(c)).ok_or_else(|| {
-            mismatch("invalid command name", &field, "[a-z0-9_-]{1,32}", format_args!("{:?}", String::from_utf8_lossy(raw)))
-        })?;
+        let raw = unsafe { c_string(p) }
+            .map_err(|e| mismatch("invalid command name", &field, "a string", e))?;
+        let command = std::str::from_utf8(raw)
+            .ok()
+            .filter(|c| valid_plugin_name(c))
+            .ok_or_else(|| {
+                mismatch(
+                    "invalid command name",
+                    &field,
+                    "[a-z0-9_-]{1,32}",
+                    format_args!("{:?}", String::from_utf8_lossy(raw)),
+                )
+            })?;
         if out.iter().any(|c| c == command) {
-            return Err(mismatch("command listed twice", &field, "a new name", format_args!("\"{command}\"")));
+            return Err(mismatch(
+                "command listed twice",
+                &field,
+                "a new name",
+                format_args!("\"{command}\""),
+            ));
         }
         out.push(command.to_string());
     }
     if out.is_empty() {
-        return Err(mismatch("no commands", "commands", "at least one command", "an empty list"));
+        return Err(mismatch(
+            "no commands",
+            "commands",
+            "at least one command",
+            "an empty list",
+        ));
     }
     Ok(out)
 }
 
 /// Calls `init` with a fresh host table and the plugin's settings.
-fn init(c: Checked, name: &str, entry: &PluginEntry, file: PathBuf) -> Result<Build, (String, Option<String>)> {
-    let config = toml::to_string(&entry.settings)
-        .map_err(|e| ("cannot render its settings as TOML".to_string(), Some(e.to_string())))?;
+fn init(
+    c: Checked,
+    name: &str,
+    entry: &PluginEntry,
+    file: PathBuf,
+) -> Result<Build, (String, Option<String>)> {
+    let config = toml::to_string(&entry.settings).map_err(|e| {
+        (
+            "cannot render its settings as TOML".to_string(),
+            Some(e.to_string()),
+        )
+    })?;
     let host = HostTable::leak(name);
     let mut state: *mut c_void = std::ptr::null_mut();
     // SAFETY: init comes from a validated descriptor; the host table is
     // leaked (valid forever), the config bytes outlive the call and `state`
     // is a valid out-pointer.
-    let code = unsafe { (c.init)(host.as_raw(), SockdStr::from_slice(config.as_bytes()), &mut state) };
+    let code = unsafe {
+        (c.init)(
+            host.as_raw(),
+            SockdStr::from_slice(config.as_bytes()),
+            &mut state,
+        )
+    };
     if code != sys::SOCKD_OK {
         let what = match code {
             sys::SOCKD_E_PANICKED => "panicked".to_string(),
-            n => u16::try_from(n).map_or_else(|_| "unknown code".to_string(), |n| ErrorCode::from_u16(n).slug().to_string()),
+            n => u16::try_from(n).map_or_else(
+                |_| "unknown code".to_string(),
+                |n| ErrorCode::from_u16(n).slug().to_string(),
+            ),
         };
-        return Err((format!("init failed with code {code}"), Some(format!("init returned {code} ({what})"))));
+        return Err((
+            format!("init failed with code {code}"),
+            Some(format!("init returned {code} ({what})")),
+        ));
     }
     Ok(Build {
         name: name.to_string(),
@@ -472,16 +609,27 @@ fn check_permissions(kind: &str, path: &Path, meta: &fs::Metadata) -> Result<(),
     let euid = nix::unistd::geteuid().as_raw();
     let mode = meta.mode() & 0o7777;
     if meta.uid() != 0 && meta.uid() != euid {
-        let expected = if euid == 0 { "uid 0 (root)".to_string() } else { format!("uid 0 (root) or {euid} (the daemon)") };
+        let expected = if euid == 0 {
+            "uid 0 (root)".to_string()
+        } else {
+            format!("uid 0 (root) or {euid} (the daemon)")
+        };
         return Err((
             format!("its {kind} is owned by another user"),
-            format!("{kind} {} owner: expected {expected}, found uid {}", path.display(), meta.uid()),
+            format!(
+                "{kind} {} owner: expected {expected}, found uid {}",
+                path.display(),
+                meta.uid()
+            ),
         ));
     }
     if mode & 0o022 != 0 {
         return Err((
             format!("its {kind} is writable by group or others"),
-            format!("{kind} {} mode: expected no group/other write bits, found {mode:04o}", path.display()),
+            format!(
+                "{kind} {} mode: expected no group/other write bits, found {mode:04o}",
+                path.display()
+            ),
         ));
     }
     Ok(())
@@ -491,22 +639,40 @@ fn check_permissions(kind: &str, path: &Path, meta: &fs::Metadata) -> Result<(),
 fn private_copy(name: &str, source: &mut File, state_dir: &Path) -> Result<PathBuf, String> {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let dir = state_dir.join("plugin-cache");
+    let err = |p: &Path, e: io::Error| format!("{}: {}", p.display(), io_text(&e));
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
-        .map_err(|e| format!("{}: {}", dir.display(), io_text(&e)))?;
+        .map_err(|e| err(&dir, e))?;
+    // Whoever can write here can swap the copy before dlopen: the
+    // directory must be ours alone, whatever created it.
+    let meta = fs::metadata(&dir).map_err(|e| err(&dir, e))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(format!(
+            "{}: owned by uid {}, expected {euid} (the daemon)",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(&dir, e))?;
+    }
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let path = dir.join(format!("{name}-{}-{n}.so", std::process::id()));
+    // A leftover of an earlier process with the same pid (one that died
+    // between copy and dlopen) must not block this load.
+    let _ = fs::remove_file(&path);
     let copied = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o700)
         .open(&path)
-        .and_then(|mut dest| io::copy(source, &mut dest).and_then(|_| dest.sync_all()));
+        .and_then(|mut dest| io::copy(source, &mut dest));
     if let Err(e) = copied {
         let _ = fs::remove_file(&path);
-        return Err(format!("{}: {}", path.display(), io_text(&e)));
+        return Err(err(&path, e));
     }
     Ok(path)
 }

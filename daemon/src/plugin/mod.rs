@@ -102,7 +102,10 @@ impl Slot {
         PluginInfo {
             name: name.to_string(),
             version: build.map(|b| b.version.clone()).unwrap_or_default(),
-            abi: build.map_or_else(|| format!("{}.{}", sys::SOCKD_ABI_MAJOR, sys::SOCKD_ABI_MINOR), |b| b.abi.clone()),
+            abi: build.map_or_else(
+                || format!("{}.{}", sys::SOCKD_ABI_MAJOR, sys::SOCKD_ABI_MINOR),
+                |b| b.abi.clone(),
+            ),
             file: self.path.display().to_string(),
             commands: build.map(|b| b.commands.clone()).unwrap_or_default(),
             state: state.to_string(),
@@ -116,7 +119,10 @@ impl Slot {
 
     /// Every build that may still need `session_closed` or `shutdown`.
     fn live_builds(&self) -> impl Iterator<Item = &Arc<Build>> {
-        self.current.iter().chain(self.old.iter()).filter(|b| !b.is_shut_down())
+        self.current
+            .iter()
+            .chain(self.old.iter())
+            .filter(|b| !b.is_shut_down())
     }
 }
 
@@ -140,7 +146,11 @@ impl Inner {
     fn serving(&self, command: &str) -> Option<(&String, &Slot, &Arc<Build>)> {
         self.plugins.iter().find_map(|(name, slot)| {
             let build = slot.current.as_ref()?;
-            build.commands.iter().any(|c| c == command).then_some((name, slot, build))
+            build
+                .commands
+                .iter()
+                .any(|c| c == command)
+                .then_some((name, slot, build))
         })
     }
 }
@@ -159,7 +169,10 @@ impl PluginHost {
     pub fn load(config: &PluginsConfig, state_dir: &Path) -> Result<Arc<Self>, String> {
         let host = PluginHost {
             state_dir: state_dir.to_path_buf(),
-            inner: Mutex::new(Inner { dir: config.dir.clone(), plugins: BTreeMap::new() }),
+            inner: Mutex::new(Inner {
+                dir: config.dir.clone(),
+                plugins: BTreeMap::new(),
+            }),
             quarantine_after: Arc::new(AtomicU32::new(config.quarantine_after)),
             stopped: AtomicBool::new(false),
         };
@@ -192,7 +205,11 @@ impl PluginHost {
             let inner = self.lock();
             (inner.dir.clone(), inner.taken(name))
         };
-        let cx = LoadContext { dir: &dir, state_dir: &self.state_dir, taken: &taken };
+        let cx = LoadContext {
+            dir: &dir,
+            state_dir: &self.state_dir,
+            taken: &taken,
+        };
         let result = loader::load(name, entry, &cx);
         let mut slot = Slot::new(entry.clone(), loader::plugin_path(&dir, entry));
         let outcome = match result {
@@ -218,24 +235,34 @@ impl PluginHost {
     /// named here so that [`start_call`](Self::start_call) can say why it
     /// refuses the call.
     pub fn plugin_for(&self, command: &str) -> Option<String> {
-        self.lock().serving(command).map(|(name, _, _)| name.clone())
+        self.lock()
+            .serving(command)
+            .map(|(name, _, _)| name.clone())
     }
 
     /// Runs the call on its own thread; the thread finishes the channel.
     pub fn start_call(&self, req: CallRequest) -> Result<(), (ErrorCode, String)> {
         if self.stopped.load(Ordering::SeqCst) {
-            return Err((ErrorCode::ShuttingDown, "the server is shutting down".into()));
+            return Err((
+                ErrorCode::ShuttingDown,
+                "the server is shutting down".into(),
+            ));
         }
         let after = self.quarantine_after.load(Ordering::SeqCst);
         let (name, build, stats) = {
             let inner = self.lock();
             let Some((name, slot, build)) = inner.serving(&req.command) else {
-                return Err((ErrorCode::UnknownCommand, format!("no plugin serves the command `{}`", req.command)));
+                return Err((
+                    ErrorCode::UnknownCommand,
+                    format!("no plugin serves the command `{}`", req.command),
+                ));
             };
             if let Some(n) = slot.quarantined(after) {
                 return Err((
                     ErrorCode::Unavailable,
-                    format!("plugin {name} is quarantined after {n} panics; fix it and run `sockctl plugin reload {name}`"),
+                    format!(
+                        "plugin {name} is quarantined after {n} panics; fix it and run `sockctl plugin reload {name}`"
+                    ),
                 ));
             }
             // Counted while the build is still current, so a reload that
@@ -244,20 +271,35 @@ impl PluginHost {
             (name.clone(), build.clone(), slot.stats.clone())
         };
         stats.calls.fetch_add(1, Ordering::Relaxed);
-        let call = RunningCall { name: name.clone(), build: build.clone(), stats, quarantine_after: self.quarantine_after.clone() };
-        let spawned =
-            std::thread::Builder::new().name(format!("plugin-{name}")).stack_size(CALL_STACK).spawn(move || call.run(req));
+        let call = RunningCall {
+            name: name.clone(),
+            build: build.clone(),
+            stats,
+            quarantine_after: self.quarantine_after.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("plugin-{name}"))
+            .stack_size(CALL_STACK)
+            .spawn(move || call.run(req));
         if let Err(e) = spawned {
             build.call_ended();
             tracing::error!(plugin = %name, "cannot start a call thread: {e}");
-            return Err((ErrorCode::Unavailable, format!("cannot start a thread for plugin {name}: {e}")));
+            return Err((
+                ErrorCode::Unavailable,
+                format!("cannot start a thread for plugin {name}: {e}"),
+            ));
         }
         Ok(())
     }
 
     /// A session ended: every live build may drop what it kept for it.
     pub fn session_closed(&self, session_id: u64) {
-        let builds: Vec<Arc<Build>> = self.lock().plugins.values().flat_map(|s| s.live_builds().cloned()).collect();
+        let builds: Vec<Arc<Build>> = self
+            .lock()
+            .plugins
+            .values()
+            .flat_map(|s| s.live_builds().cloned())
+            .collect();
         for build in builds {
             build.session_closed(session_id);
         }
@@ -271,7 +313,8 @@ impl PluginHost {
     /// error, if any, lists every plugin that failed; the others are
     /// reconfigured regardless.
     pub fn reconfigure(&self, config: &PluginsConfig) -> Result<(), String> {
-        self.quarantine_after.store(config.quarantine_after, Ordering::SeqCst);
+        self.quarantine_after
+            .store(config.quarantine_after, Ordering::SeqCst);
         let mut to_configure = Vec::new();
         let mut removed = Vec::new();
         let mut added = Vec::new();
@@ -291,7 +334,12 @@ impl PluginHost {
                     None => added.push((name.clone(), entry.clone())),
                 }
             }
-            let gone: Vec<String> = inner.plugins.keys().filter(|n| !config.entries.contains_key(*n)).cloned().collect();
+            let gone: Vec<String> = inner
+                .plugins
+                .keys()
+                .filter(|n| !config.entries.contains_key(*n))
+                .cloned()
+                .collect();
             for name in gone {
                 if let Some(slot) = inner.plugins.remove(&name) {
                     removed.push((name, slot));
@@ -301,16 +349,22 @@ impl PluginHost {
 
         let mut errors = Vec::new();
         for (name, build) in to_configure {
-            let Some(entry) = config.entries.get(&name) else { continue };
+            let Some(entry) = config.entries.get(&name) else {
+                continue;
+            };
             let text = match toml::to_string(&entry.settings) {
                 Ok(text) => text,
                 Err(e) => {
-                    errors.push(format!("plugin \"{name}\": cannot render its settings as TOML: {e}"));
+                    errors.push(format!(
+                        "plugin \"{name}\": cannot render its settings as TOML: {e}"
+                    ));
                     continue;
                 }
             };
             if let Err(code) = build.configure(&text) {
-                errors.push(format!("plugin \"{name}\" rejected its new settings (configure returned {code})"));
+                errors.push(format!(
+                    "plugin \"{name}\" rejected its new settings (configure returned {code})"
+                ));
             }
         }
         for (name, slot) in removed {
@@ -328,7 +382,11 @@ impl PluginHost {
                 }
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("\n")) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("\n"))
+        }
     }
 
     /// `sockctl plugin reload NAME`: loads the plugin's file again into a
@@ -343,12 +401,19 @@ impl PluginHost {
                 return Err((ErrorCode::NotFound, format!("no plugin named `{name}`")));
             };
             if slot.reloading {
-                return Err((ErrorCode::Busy, format!("a reload of plugin {name} is already running")));
+                return Err((
+                    ErrorCode::Busy,
+                    format!("a reload of plugin {name} is already running"),
+                ));
             }
             slot.reloading = true;
             (slot.entry.clone(), dir, taken)
         };
-        let cx = LoadContext { dir: &dir, state_dir: &self.state_dir, taken: &taken };
+        let cx = LoadContext {
+            dir: &dir,
+            state_dir: &self.state_dir,
+            taken: &taken,
+        };
         let result = loader::load(name, &entry, &cx);
 
         let after = self.quarantine_after.load(Ordering::SeqCst);
@@ -356,14 +421,20 @@ impl PluginHost {
         // Another plugin may have claimed one of the commands meanwhile.
         let clash = result.as_ref().ok().and_then(|build| {
             let taken = inner.taken(name);
-            build.commands.iter().find_map(|c| taken.get(c).map(|owner| (c.clone(), owner.clone())))
+            build
+                .commands
+                .iter()
+                .find_map(|c| taken.get(c).map(|owner| (c.clone(), owner.clone())))
         });
         let Some(slot) = inner.plugins.get_mut(name) else {
             drop(inner);
             if let Ok(build) = result {
                 build.retire();
             }
-            return Err((ErrorCode::NotFound, format!("plugin {name} was removed from the configuration during the reload")));
+            return Err((
+                ErrorCode::NotFound,
+                format!("plugin {name} was removed from the configuration during the reload"),
+            ));
         };
         slot.reloading = false;
         let build = match (result, clash) {
@@ -373,7 +444,9 @@ impl PluginHost {
                 build.retire();
                 return Err((
                     ErrorCode::BadRequest,
-                    format!("plugin \"{name}\" refused: command `{command}` is already served by plugin \"{owner}\""),
+                    format!(
+                        "plugin \"{name}\" refused: command `{command}` is already served by plugin \"{owner}\""
+                    ),
                 ));
             }
             (Err(e), _) => {
@@ -411,14 +484,23 @@ impl PluginHost {
 
     pub fn list(&self) -> Vec<PluginInfo> {
         let after = self.quarantine_after.load(Ordering::SeqCst);
-        self.lock().plugins.iter().map(|(name, slot)| slot.info(name, after)).collect()
+        self.lock()
+            .plugins
+            .iter()
+            .map(|(name, slot)| slot.info(name, after))
+            .collect()
     }
 
     /// Daemon shutdown: tell every build it is no longer used. New calls
     /// are refused from now on.
     pub fn shutdown(&self) {
         self.stopped.store(true, Ordering::SeqCst);
-        let builds: Vec<Arc<Build>> = self.lock().plugins.values().flat_map(|s| s.live_builds().cloned()).collect();
+        let builds: Vec<Arc<Build>> = self
+            .lock()
+            .plugins
+            .values()
+            .flat_map(|s| s.live_builds().cloned())
+            .collect();
         for build in builds {
             build.shutdown_once();
         }
@@ -490,6 +572,9 @@ impl RunningCall {
         } else {
             tracing::warn!(plugin = %self.name, "a call panicked ({panics} of {after} before quarantine)");
         }
-        (ErrorCode::Internal, format!("plugin {} panicked", self.name))
+        (
+            ErrorCode::Internal,
+            format!("plugin {} panicked", self.name),
+        )
     }
 }

@@ -72,7 +72,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Failure { code, message: message.into() }
+        Failure {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -102,7 +105,12 @@ impl Failure {
         };
         let text = match e.raw_os_error() {
             // Strip the "(os error N)" suffix: it means nothing to a user.
-            Some(_) => e.to_string().split(" (os error").next().unwrap_or_default().to_string(),
+            Some(_) => e
+                .to_string()
+                .split(" (os error")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
             None => e.to_string(),
         };
         Failure::new(code, format!("{context}: {}", text.to_lowercase()))
@@ -198,7 +206,9 @@ impl Host {
     #[doc(hidden)]
     pub unsafe fn from_raw(raw: *const SockdHost) -> Self {
         // SAFETY: guaranteed by the caller.
-        Host { raw: unsafe { &*raw } }
+        Host {
+            raw: unsafe { &*raw },
+        }
     }
 
     pub fn log(&self, level: Level, message: &str) {
@@ -229,9 +239,20 @@ impl Host {
         let mut full = 0u64;
         // SAFETY: all pointers are valid for the duration of the call.
         let n = unsafe {
-            (self.raw.push_user)(self.raw, user.as_ptr(), user.len(), stream, data.as_ptr(), data.len(), &mut full)
+            (self.raw.push_user)(
+                self.raw,
+                user.as_ptr(),
+                user.len(),
+                stream,
+                data.as_ptr(),
+                data.len(),
+                &mut full,
+            )
         };
-        Pushed { delivered: n.max(0) as u64, full }
+        Pushed {
+            delivered: n.max(0) as u64,
+            full,
+        }
     }
 
     /// True if `user` has at least one live session.
@@ -273,9 +294,20 @@ impl Channel {
         let timeout_ms = timeout.map_or(-1, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
         let mut stream = 0u8;
         // SAFETY: buf is valid for writes of buf.len() bytes during the call.
-        let n = unsafe { (self.host.raw.read)(self.id, &mut stream, buf.as_mut_ptr(), buf.len(), timeout_ms) };
+        let n = unsafe {
+            (self.host.raw.read)(
+                self.id,
+                &mut stream,
+                buf.as_mut_ptr(),
+                buf.len(),
+                timeout_ms,
+            )
+        };
         match n {
-            n if n > 0 => Ok(Input::Data { stream, len: n as usize }),
+            n if n > 0 => Ok(Input::Data {
+                stream,
+                len: n as usize,
+            }),
             0 => Ok(Input::Eof { stream }),
             err => Err(ChannelError::from_code(err)),
         }
@@ -285,21 +317,33 @@ impl Channel {
     pub fn write(&self, stream: u8, data: &[u8]) -> Result<(), ChannelError> {
         // SAFETY: data is valid for reads during the call.
         let r = unsafe { (self.host.raw.write)(self.id, stream, data.as_ptr(), data.len()) };
-        if r == 0 { Ok(()) } else { Err(ChannelError::from_code(r.into())) }
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(ChannelError::from_code(r.into()))
+        }
     }
 
     /// Writes all of `data` now or nothing ([`ChannelError::WouldBlock`]).
     pub fn try_write(&self, stream: u8, data: &[u8]) -> Result<(), ChannelError> {
         // SAFETY: data is valid for reads during the call.
         let r = unsafe { (self.host.raw.try_write)(self.id, stream, data.as_ptr(), data.len()) };
-        if r == 0 { Ok(()) } else { Err(ChannelError::from_code(r.into())) }
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(ChannelError::from_code(r.into()))
+        }
     }
 
     /// Tells the client that `stream` has ended.
     pub fn write_eof(&self, stream: u8) -> Result<(), ChannelError> {
         // SAFETY: plain value arguments.
         let r = unsafe { (self.host.raw.write_eof)(self.id, stream) };
-        if r == 0 { Ok(()) } else { Err(ChannelError::from_code(r.into())) }
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(ChannelError::from_code(r.into()))
+        }
     }
 
     /// True once the client cancelled or disconnected.
@@ -318,7 +362,11 @@ impl Channel {
     pub fn subscribe(&self) -> Result<(), ChannelError> {
         // SAFETY: plain value argument.
         let r = unsafe { (self.host.raw.subscribe)(self.id) };
-        if r == 0 { Ok(()) } else { Err(ChannelError::from_code(r.into())) }
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(ChannelError::from_code(r.into()))
+        }
     }
 }
 
@@ -340,7 +388,10 @@ impl<'a> Call<'a> {
     }
 
     pub fn channel(&self) -> Channel {
-        Channel { host: self.host, id: self.raw.channel }
+        Channel {
+            host: self.host,
+            id: self.raw.channel,
+        }
     }
 
     pub fn session_id(&self) -> u64 {
@@ -381,7 +432,9 @@ impl<'a> Call<'a> {
     pub fn str_args(&self) -> Result<Vec<&str>, Failure> {
         self.args()
             .into_iter()
-            .map(|a| std::str::from_utf8(a).map_err(|_| Failure::bad_request("arguments must be UTF-8")))
+            .map(|a| {
+                std::str::from_utf8(a).map_err(|_| Failure::bad_request("arguments must be UTF-8"))
+            })
             .collect()
     }
 
@@ -448,7 +501,11 @@ pub mod glue {
 
     /// # Safety
     /// Called by the daemon per the ABI: valid host and state pointers.
-    pub unsafe extern "C" fn init<P: Plugin>(host: *const SockdHost, config: SockdStr, state: *mut *mut c_void) -> i32 {
+    pub unsafe extern "C" fn init<P: Plugin>(
+        host: *const SockdHost,
+        config: SockdStr,
+        state: *mut *mut c_void,
+    ) -> i32 {
         if host.is_null() || state.is_null() {
             return sys::SOCKD_E_BAD_REQUEST;
         }
@@ -487,7 +544,9 @@ pub mod glue {
                 sys::SOCKD_E_BAD_REQUEST
             }
             Err(panic) => {
-                instance.host.error(&format!("configure panicked: {}", panic_message(&*panic)));
+                instance
+                    .host
+                    .error(&format!("configure panicked: {}", panic_message(&*panic)));
                 sys::SOCKD_E_PANICKED
             }
         }
@@ -501,7 +560,10 @@ pub mod glue {
         }
         // SAFETY: per this function's contract; call is valid until we return.
         let (instance, raw) = unsafe { (instance::<P>(state), &*call) };
-        let call = Call { raw, host: instance.host };
+        let call = Call {
+            raw,
+            host: instance.host,
+        };
         match catch_unwind(AssertUnwindSafe(|| instance.plugin.handle(&call))) {
             Ok(Ok(())) => sys::SOCKD_OK,
             Ok(Err(failure)) => {
@@ -509,7 +571,8 @@ pub mod glue {
                 failure.code as i32
             }
             Err(panic) => {
-                call.channel().set_result(0, &format!("plugin panicked: {}", panic_message(&*panic)));
+                call.channel()
+                    .set_result(0, &format!("plugin panicked: {}", panic_message(&*panic)));
                 sys::SOCKD_E_PANICKED
             }
         }
@@ -520,7 +583,9 @@ pub mod glue {
     pub unsafe extern "C" fn session_closed<P: Plugin>(state: *mut c_void, session_id: u64) {
         // SAFETY: per this function's contract.
         let instance = unsafe { instance::<P>(state) };
-        let _ = catch_unwind(AssertUnwindSafe(|| instance.plugin.session_closed(session_id)));
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            instance.plugin.session_closed(session_id)
+        }));
     }
 
     /// # Safety

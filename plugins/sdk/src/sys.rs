@@ -51,10 +51,16 @@ pub struct SockdStr {
 }
 
 impl SockdStr {
-    pub const EMPTY: SockdStr = SockdStr { ptr: std::ptr::null(), len: 0 };
+    pub const EMPTY: SockdStr = SockdStr {
+        ptr: std::ptr::null(),
+        len: 0,
+    };
 
     pub fn from_slice(s: &[u8]) -> Self {
-        SockdStr { ptr: s.as_ptr(), len: s.len() }
+        SockdStr {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
     }
 
     /// # Safety
@@ -84,13 +90,21 @@ pub struct SockdCall {
     pub peer: SockdStr,
 }
 
-pub type LogFn = unsafe extern "C" fn(host: *const SockdHost, level: u32, msg: *const u8, len: usize);
-pub type ReadFn =
-    unsafe extern "C" fn(channel: u64, stream: *mut u8, buf: *mut u8, cap: usize, timeout_ms: i64) -> i64;
-pub type WriteFn = unsafe extern "C" fn(channel: u64, stream: u8, data: *const u8, len: usize) -> i32;
+pub type LogFn =
+    unsafe extern "C" fn(host: *const SockdHost, level: u32, msg: *const u8, len: usize);
+pub type ReadFn = unsafe extern "C" fn(
+    channel: u64,
+    stream: *mut u8,
+    buf: *mut u8,
+    cap: usize,
+    timeout_ms: i64,
+) -> i64;
+pub type WriteFn =
+    unsafe extern "C" fn(channel: u64, stream: u8, data: *const u8, len: usize) -> i32;
 pub type WriteEofFn = unsafe extern "C" fn(channel: u64, stream: u8) -> i32;
 pub type IsCancelledFn = unsafe extern "C" fn(channel: u64) -> i32;
-pub type SetResultFn = unsafe extern "C" fn(channel: u64, value: i64, msg: *const u8, len: usize) -> i32;
+pub type SetResultFn =
+    unsafe extern "C" fn(channel: u64, value: i64, msg: *const u8, len: usize) -> i32;
 pub type SubscribeFn = unsafe extern "C" fn(channel: u64) -> i32;
 pub type PushUserFn = unsafe extern "C" fn(
     host: *const SockdHost,
@@ -120,7 +134,8 @@ pub struct SockdHost {
     pub user_online: UserOnlineFn,
 }
 
-pub type InitFn = unsafe extern "C" fn(host: *const SockdHost, config: SockdStr, state: *mut *mut c_void) -> i32;
+pub type InitFn =
+    unsafe extern "C" fn(host: *const SockdHost, config: SockdStr, state: *mut *mut c_void) -> i32;
 pub type ConfigureFn = unsafe extern "C" fn(state: *mut c_void, config: SockdStr) -> i32;
 pub type HandleFn = unsafe extern "C" fn(state: *mut c_void, call: *const SockdCall) -> i32;
 pub type SessionClosedFn = unsafe extern "C" fn(state: *mut c_void, session_id: u64);

@@ -1,0 +1,427 @@
+//! Calls through the plugin host with real channels: the Rust testkit
+//! plugin and the C `upper` example, panics and quarantine, reload with
+//! calls in flight, lifecycle hooks, push and backpressure.
+
+mod plugin_support;
+
+use plugin_support::{Client, config, dirs, eventually, session, start, testkit, upper};
+use sockd::config::OnPluginError;
+use sockd::plugin::PluginHost;
+use sockd_proto::{ErrorCode, Message};
+use std::path::Path;
+use std::sync::Arc;
+
+const CREDIT: u32 = 1 << 20;
+
+/// Loads the testkit (plus `upper`) from a fresh plugin dir; `settings` is
+/// the testkit's own table.
+fn host_with_testkit(d: &plugin_support::Dirs, settings: &str) -> Arc<PluginHost> {
+    testkit(d.plugins.path(), "libsockd_testkit.so");
+    upper(d.plugins.path());
+    let cfg = config(
+        d.plugins.path(),
+        OnPluginError::Refuse,
+        &[
+            ("testkit", "libsockd_testkit.so", settings),
+            ("upper", "libsockd_upper.so", ""),
+        ],
+    );
+    PluginHost::load(&cfg, d.state.path()).expect("testkit and upper load")
+}
+
+fn marker_settings(marker: &Path) -> String {
+    format!("marker = {:?}", marker.display().to_string())
+}
+
+fn events(marker: &Path) -> Vec<String> {
+    std::fs::read_to_string(marker)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn info(host: &PluginHost, name: &str) -> sockd_proto::control::PluginInfo {
+    host.list()
+        .into_iter()
+        .find(|p| p.name == name)
+        .expect("plugin listed")
+}
+
+#[test]
+fn plugin_testkit_echo_round_trip() {
+    let d = dirs();
+    let host = host_with_testkit(&d, "");
+    assert_eq!(host.plugin_for("echo").as_deref(), Some("testkit"));
+    let s = session("echo-user");
+    let call = start(&host, &s, "echo", &["a b", "c"], CREDIT).expect("echo starts");
+    call.send(0, "hello ");
+    call.send(2, "{\"ctl\":1}");
+    call.send(0, "world");
+    call.eof(0);
+    let closed = call.wait();
+    assert_eq!(closed.code, Some(ErrorCode::Ok));
+    assert_eq!(closed.main(), "a b\nc\nhello world");
+    assert_eq!(
+        closed.streams.get(&2).map(Vec::as_slice),
+        Some(&b"{\"ctl\":1}"[..])
+    );
+    assert_eq!(closed.eofs, [0]);
+    let i = info(&host, "testkit");
+    assert_eq!((i.calls, i.errors, i.panics), (1, 0, 0));
+}
+
+#[test]
+fn plugin_c_upper_answers_upper_cased() {
+    let d = dirs();
+    let host = host_with_testkit(&d, "");
+    let s = session("upper-user");
+    let call = start(&host, &s, "upper", &["hello", "wörld"], CREDIT).expect("upper starts");
+    call.send(0, "abc xyz\n");
+    call.send(1, "diag");
+    call.eof(1);
+    call.send(0, "more");
+    call.eof(0);
+    let closed = call.wait();
+    assert_eq!(closed.code, Some(ErrorCode::Ok));
+    assert_eq!(closed.main(), "HELLO WöRLD\nABC XYZ\nMORE");
+    assert_eq!(
+        closed.streams.get(&1).map(Vec::as_slice),
+        Some(&b"DIAG"[..])
+    );
+}
+
+#[test]
+fn plugin_call_sees_user_session_home_and_peer() {
+    let d = dirs();
+    let host = host_with_testkit(&d, "");
+    let s = session("whoami-user");
+    let closed = start(&host, &s, "whoami", &[], CREDIT)
+        .expect("whoami starts")
+        .wait();
+    assert_eq!(closed.code, Some(ErrorCode::Ok));
+    assert_eq!(
+        closed.main(),
+        format!(
+            "user whoami-user\nsession {}\nhome /srv/sockd/home/whoami-user\npeer 127.0.0.1:40000\n",
+            s.id
+        )
+    );
+}
+
+#[test]
+fn plugin_unknown_command_is_refused() {
+    let d = dirs();
+    let host = host_with_testkit(&d, "");
+    let s = session("nobody");
+    let e = start(&host, &s, "frobnicate", &[], CREDIT)
+        .err()
+        .expect("refused");
+    assert_eq!(
+        e,
+        (
+            ErrorCode::UnknownCommand,
+            "no plugin serves the command `frobnicate`".to_string()
+        )
+    );
+}
+
+#[test]
+fn plugin_failure_codes_and_messages_reach_the_client() {
+    let d = dirs();
+    let host = host_with_testkit(&d, "");
+    let s = session("sleepy");
+    let closed = start(&host, &s, "sleep", &["soon"], CREDIT)
+        .expect("starts")
+        .wait();
+    assert_eq!(closed.code, Some(ErrorCode::BadRequest));
+    assert_eq!(closed.message, "sleep: `soon` is not a number of seconds");
+    let closed = start(&host, &s, "sleep", &["0.01"], CREDIT)
+        .expect("starts")
+        .wait();
+    assert_eq!(
+        (closed.code, closed.main()),
+        (Some(ErrorCode::Ok), "slept\n".to_string())
+    );
+    let i = info(&host, "testkit");
+    assert_eq!((i.calls, i.errors, i.panics), (2, 1, 0));
+}
+
+#[test]
+fn plugin_panics_lead_to_quarantine_until_reload() {
+    let d = dirs();
+    testkit(d.plugins.path(), "libsockd_testkit.so");
+    let mut cfg = config(
+        d.plugins.path(),
+        OnPluginError::Refuse,
+        &[("testkit", "libsockd_testkit.so", "")],
+    );
+    cfg.quarantine_after = 2;
+    let host = PluginHost::load(&cfg, d.state.path()).expect("loads");
+    let s = session("panicky");
+    for _ in 0..2 {
+        let closed = start(&host, &s, "panic", &[], CREDIT)
+            .expect("starts")
+            .wait();
+        assert_eq!(closed.code, Some(ErrorCode::Internal));
+        assert_eq!(
+            closed.message,
+            "plugin panicked: testkit was asked to panic"
+        );
+    }
+    let i = info(&host, "testkit");
+    assert_eq!(
+        (i.state.as_str(), i.calls, i.errors, i.panics),
+        ("quarantined", 2, 2, 2)
+    );
+    assert_eq!(i.error.as_deref(), Some("quarantined after 2 panics"));
+
+    // Every command of the plugin is refused, with the way out.
+    assert_eq!(host.plugin_for("echo").as_deref(), Some("testkit"));
+    let e = start(&host, &s, "echo", &[], CREDIT)
+        .err()
+        .expect("quarantined");
+    assert_eq!(
+        e,
+        (
+            ErrorCode::Unavailable,
+            "plugin testkit is quarantined after 2 panics; fix it and run `sockctl plugin reload testkit`".to_string()
+        )
+    );
+
+    let reloaded = host.reload("testkit").expect("reload");
+    assert_eq!(
+        (reloaded.state.as_str(), reloaded.builds, reloaded.panics),
+        ("loaded", 2, 2)
+    );
+    let call = start(&host, &s, "echo", &["back"], CREDIT).expect("serving again");
+    call.eof(0);
+    assert_eq!(call.wait().main(), "back\n");
+}
+
+#[test]
+fn plugin_reload_lets_calls_in_flight_finish_on_the_old_build() {
+    let d = dirs();
+    let marker = d.state.path().join("events");
+    let host = host_with_testkit(&d, &marker_settings(&marker));
+    let s = session("reloader");
+    let slow = start(&host, &s, "sleep", &["0.5"], CREDIT).expect("starts");
+    let info = host.reload("testkit").expect("reload");
+    assert_eq!((info.state.as_str(), info.builds), ("loaded", 2));
+    // The old build is busy: not shut down yet.
+    assert_eq!(events(&marker), ["init", "init"]);
+    // New calls reach the new build meanwhile.
+    let quick = start(&host, &s, "whoami", &[], CREDIT).expect("starts");
+    assert_eq!(quick.wait().code, Some(ErrorCode::Ok));
+    let closed = slow.wait();
+    assert_eq!(
+        (closed.code, closed.main()),
+        (Some(ErrorCode::Ok), "slept\n".to_string())
+    );
+    eventually("the old build's shutdown", || events(&marker).len() == 3);
+    assert_eq!(events(&marker), ["init", "init", "shutdown"]);
+
+    // An idle build is shut down right away.
+    host.reload("testkit").expect("second reload");
+    assert_eq!(
+        events(&marker),
+        ["init", "init", "shutdown", "init", "shutdown"]
+    );
+    assert_eq!(self::info(&host, "testkit").builds, 3);
+}
+
+#[test]
+fn plugin_failed_reload_keeps_the_running_build() {
+    let d = dirs();
+    let host = host_with_testkit(&d, "");
+    let lib = d.plugins.path().join("libsockd_testkit.so");
+    std::fs::write(&lib, b"garbage").expect("overwrite");
+    let (code, message) = host.reload("testkit").expect_err("reload fails");
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(
+        message.starts_with(&format!(
+            "plugin \"testkit\" ({}) refused: cannot load the library",
+            lib.display()
+        )),
+        "{message}"
+    );
+    let i = info(&host, "testkit");
+    assert_eq!((i.state.as_str(), i.builds, i.error), ("loaded", 1, None));
+    let s = session("still-there");
+    assert_eq!(
+        start(&host, &s, "whoami", &[], CREDIT)
+            .expect("starts")
+            .wait()
+            .code,
+        Some(ErrorCode::Ok)
+    );
+
+    assert_eq!(
+        host.reload("nope").err().map(|e| e.0),
+        Some(ErrorCode::NotFound)
+    );
+}
+
+#[test]
+fn plugin_failed_at_startup_can_be_reloaded_once_fixed() {
+    let d = dirs();
+    let cfg = config(
+        d.plugins.path(),
+        OnPluginError::Skip,
+        &[("testkit", "libsockd_testkit.so", "")],
+    );
+    let host = PluginHost::load(&cfg, d.state.path()).expect("skip");
+    assert_eq!(info(&host, "testkit").state, "failed");
+    assert_eq!(host.plugin_for("echo"), None);
+    testkit(d.plugins.path(), "libsockd_testkit.so");
+    let i = host.reload("testkit").expect("now it loads");
+    assert_eq!((i.state.as_str(), i.builds, i.error), ("loaded", 1, None));
+    assert_eq!(host.plugin_for("echo").as_deref(), Some("testkit"));
+}
+
+#[test]
+fn plugin_lifecycle_hooks_reach_the_plugin() {
+    let d = dirs();
+    let marker = d.state.path().join("events");
+    let host = host_with_testkit(&d, &marker_settings(&marker));
+    host.session_closed(4242);
+    host.shutdown();
+    assert_eq!(events(&marker), ["init", "session_closed 4242", "shutdown"]);
+    host.shutdown();
+    assert_eq!(events(&marker).len(), 3, "shutdown runs once per build");
+    let s = session("late");
+    assert_eq!(
+        start(&host, &s, "echo", &[], CREDIT).err().map(|e| e.0),
+        Some(ErrorCode::ShuttingDown)
+    );
+}
+
+#[test]
+fn plugin_reconfigure_passes_new_settings_and_adds_and_removes_plugins() {
+    let d = dirs();
+    let marker = d.state.path().join("events");
+    let settings = marker_settings(&marker);
+    testkit(d.plugins.path(), "libsockd_testkit.so");
+    upper(d.plugins.path());
+    let cfg = config(
+        d.plugins.path(),
+        OnPluginError::Refuse,
+        &[("testkit", "libsockd_testkit.so", &settings)],
+    );
+    let host = PluginHost::load(&cfg, d.state.path()).expect("loads");
+    let s = session("reconf");
+
+    let new_settings = format!("{settings}\ngreeting = \"hi\"");
+    let cfg = config(
+        d.plugins.path(),
+        OnPluginError::Refuse,
+        &[
+            ("testkit", "libsockd_testkit.so", &new_settings),
+            ("upper", "libsockd_upper.so", ""),
+        ],
+    );
+    host.reconfigure(&cfg).expect("reconfigure");
+    assert_eq!(events(&marker), ["init", "configure"]);
+    let closed = start(&host, &s, "config", &[], CREDIT)
+        .expect("starts")
+        .wait();
+    assert!(
+        closed.main().contains("greeting = \"hi\""),
+        "{}",
+        closed.main()
+    );
+    assert_eq!(
+        host.plugin_for("upper").as_deref(),
+        Some("upper"),
+        "added plugin is loaded"
+    );
+
+    let cfg = config(
+        d.plugins.path(),
+        OnPluginError::Refuse,
+        &[("upper", "libsockd_upper.so", "")],
+    );
+    host.reconfigure(&cfg).expect("reconfigure");
+    assert_eq!(
+        events(&marker),
+        ["init", "configure", "shutdown"],
+        "removed plugin is retired"
+    );
+    assert_eq!(host.plugin_for("echo"), None);
+    assert_eq!(host.list().len(), 1);
+
+    let cfg = config(
+        d.plugins.path(),
+        OnPluginError::Refuse,
+        &[
+            ("upper", "libsockd_upper.so", ""),
+            ("gone", "libgone.so", ""),
+        ],
+    );
+    let e = host
+        .reconfigure(&cfg)
+        .expect_err("a missing new plugin is an error");
+    assert!(
+        e.contains("plugin \"gone\"") && e.contains("cannot open the file"),
+        "{e}"
+    );
+    assert_eq!(info(&host, "gone").state, "failed");
+}
+
+#[test]
+fn plugin_push_reaches_subscribed_calls_of_the_user() {
+    let d = dirs();
+    let host = host_with_testkit(&d, "");
+    let listener_session = session("push-target");
+    let mut listener = start(&host, &listener_session, "subscribe", &[], CREDIT).expect("starts");
+    match listener.next() {
+        Message::Data {
+            stream: 2, data, ..
+        } => assert_eq!(&data[..], b"subscribed\n"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let sender = session("push-sender");
+    let closed = start(&host, &sender, "push", &["push-target", "hello"], CREDIT)
+        .expect("starts")
+        .wait();
+    assert_eq!(closed.main(), "delivered 1 full 0\n");
+    match listener.next() {
+        Message::Data {
+            stream: 0, data, ..
+        } => assert_eq!(&data[..], b"hello\n"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let closed = start(&host, &sender, "push", &["nobody-at-all", "hello"], CREDIT)
+        .expect("starts")
+        .wait();
+    assert_eq!(closed.main(), "delivered 0 full 0\n");
+    listener.eof(0);
+    assert_eq!(listener.wait().code, Some(ErrorCode::Ok));
+}
+
+#[test]
+fn plugin_flood_is_held_by_backpressure_until_cancelled() {
+    let d = dirs();
+    let host = host_with_testkit(&d, "");
+    let s = session("flooded");
+    let credit = 3 * 64 * 1024 + 100;
+    let mut call: Client = start(&host, &s, "flood", &[], credit).expect("starts");
+    let mut received = 0usize;
+    while received < credit as usize {
+        match call.next() {
+            Message::Data { data, .. } => received += data.len(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The plugin is now blocked in write: nothing beyond the credit comes.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    call.channel.cancel();
+    let closed = call.wait();
+    assert_eq!(
+        closed.streams.values().map(Vec::len).sum::<usize>(),
+        0,
+        "nothing beyond the client's credit"
+    );
+    assert_eq!(received, credit as usize);
+    assert_eq!(closed.code, Some(ErrorCode::Cancelled));
+}

@@ -1,0 +1,1 @@
+//! The exec plugin (in progress).

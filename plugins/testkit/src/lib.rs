@@ -1,0 +1,202 @@
+//! The test plugin: commands that exercise every corner of the plugin host.
+//!
+//! - `echo [ARG...]`: writes each argument as a line, then echoes every
+//!   input frame back on the stream it came on until EOF on stream 0;
+//! - `panic`: panics (the SDK turns it into an error; the host counts it);
+//! - `sleep SECONDS`: sleeps (ending early if cancelled), then writes `slept`;
+//! - `flood`: writes 64 KiB chunks until the call is cancelled or closed
+//!   (backpressure tests);
+//! - `whoami`: writes the user, session id, home directory and peer;
+//! - `subscribe`: becomes a push target and waits until cancelled;
+//! - `push USER TEXT`: pushes TEXT to USER's subscribed `subscribe` calls
+//!   and writes `delivered N full M`;
+//! - `config`: writes the settings the plugin currently has.
+//!
+//! Settings (`[plugins.testkit]`): `marker = "/path"` appends one line per
+//! lifecycle event (`init`, `configure`, `session_closed N`, `shutdown`) to
+//! that file, so tests can watch the host drive the lifecycle;
+//! `fail_init = true` makes init fail.
+
+use sockd_plugin::{Call, Failure, Host, Input, Plugin, stream};
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const CHUNK: usize = 64 * 1024;
+
+struct Testkit {
+    host: Host,
+    settings: Mutex<String>,
+}
+
+impl Testkit {
+    fn settings(&self) -> String {
+        self.settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Appends `event` to the marker file named in the settings, if any.
+    fn mark(&self, event: &str) {
+        mark(&self.settings(), event);
+    }
+}
+
+fn setting<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    // A tiny reader for `key = value` lines is all the tests need; it keeps
+    // this crate free of a TOML dependency.
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+fn mark(settings: &str, event: &str) {
+    if let Some(path) = setting(settings, "marker")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = writeln!(f, "{event}");
+    }
+}
+
+impl Plugin for Testkit {
+    fn init(host: Host, config: &str) -> Result<Self, String> {
+        if setting(config, "fail_init") == Some("true") {
+            return Err("fail_init is set".into());
+        }
+        mark(config, "init");
+        host.info("testkit ready");
+        Ok(Testkit {
+            host,
+            settings: Mutex::new(config.to_string()),
+        })
+    }
+
+    fn configure(&self, config: &str) -> Result<(), String> {
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = config.to_string();
+        self.mark("configure");
+        Ok(())
+    }
+
+    fn handle(&self, call: &Call<'_>) -> Result<(), Failure> {
+        match call.command() {
+            "echo" => echo(call),
+            "panic" => panic!("testkit was asked to panic"),
+            "sleep" => sleep(call),
+            "flood" => flood(call),
+            "whoami" => {
+                let text = format!(
+                    "user {}\nsession {}\nhome {}\npeer {}\n",
+                    call.user(),
+                    call.session_id(),
+                    call.home().display(),
+                    call.peer()
+                );
+                Ok(call.channel().write(stream::MAIN, text.as_bytes())?)
+            }
+            "subscribe" => subscribe(call),
+            "push" => push(self.host, call),
+            "config" => Ok(call
+                .channel()
+                .write(stream::MAIN, self.settings().as_bytes())?),
+            other => Err(Failure::bad_request(format!(
+                "testkit has no command `{other}`"
+            ))),
+        }
+    }
+
+    fn session_closed(&self, session_id: u64) {
+        self.mark(&format!("session_closed {session_id}"));
+    }
+
+    fn shutdown(&self) {
+        self.mark("shutdown");
+    }
+}
+
+fn echo(call: &Call<'_>) -> Result<(), Failure> {
+    let ch = call.channel();
+    for arg in call.args() {
+        ch.write(stream::MAIN, arg)?;
+        ch.write(stream::MAIN, b"\n")?;
+    }
+    let mut buf = vec![0; CHUNK];
+    loop {
+        match ch.read(&mut buf, None)? {
+            Input::Data { stream, len } => ch.write(stream, &buf[..len])?,
+            Input::Eof {
+                stream: stream::MAIN,
+            } => break,
+            Input::Eof { .. } => {}
+        }
+    }
+    ch.write_eof(stream::MAIN)?;
+    Ok(())
+}
+
+fn sleep(call: &Call<'_>) -> Result<(), Failure> {
+    let args = call.str_args()?;
+    let seconds: f64 = match args.as_slice() {
+        [s] => s.parse().map_err(|_| {
+            Failure::bad_request(format!("sleep: `{s}` is not a number of seconds"))
+        })?,
+        _ => return Err(Failure::bad_request("usage: sleep SECONDS")),
+    };
+    let until = Instant::now() + Duration::try_from_secs_f64(seconds).unwrap_or(Duration::ZERO);
+    let ch = call.channel();
+    while Instant::now() < until {
+        if ch.is_cancelled() {
+            return Err(Failure::new(
+                sockd_plugin::Code::Cancelled,
+                "sleep cancelled",
+            ));
+        }
+        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(20)));
+    }
+    Ok(ch.write(stream::MAIN, b"slept\n")?)
+}
+
+fn flood(call: &Call<'_>) -> Result<(), Failure> {
+    let chunk = vec![b'x'; CHUNK];
+    let ch = call.channel();
+    loop {
+        ch.write(stream::MAIN, &chunk)?;
+    }
+}
+
+fn subscribe(call: &Call<'_>) -> Result<(), Failure> {
+    let ch = call.channel();
+    ch.subscribe()?;
+    ch.write(stream::CONTROL, b"subscribed\n")?;
+    // Pushed data flows to the client directly; wait for the end.
+    let mut buf = [0u8; 256];
+    loop {
+        match ch.read(&mut buf, None)? {
+            Input::Eof {
+                stream: stream::MAIN,
+            } => return Ok(()),
+            Input::Data { .. } | Input::Eof { .. } => {}
+        }
+    }
+}
+
+fn push(host: Host, call: &Call<'_>) -> Result<(), Failure> {
+    let args = call.str_args()?;
+    let [user, text] = args.as_slice() else {
+        return Err(Failure::bad_request("usage: push USER TEXT"));
+    };
+    let pushed = host.push_user(user, stream::MAIN, format!("{text}\n").as_bytes());
+    let report = format!("delivered {} full {}\n", pushed.delivered, pushed.full);
+    Ok(call.channel().write(stream::MAIN, report.as_bytes())?)
+}
+
+sockd_plugin::export_plugin!(
+    name: "testkit",
+    version: env!("CARGO_PKG_VERSION"),
+    commands: ["echo", "panic", "sleep", "flood", "whoami", "subscribe", "push", "config"],
+    plugin: Testkit,
+);
