@@ -47,7 +47,13 @@ pub struct Link {
 }
 
 impl Link {
+    /// The next message. Replies queued by [`Link::send`] are flushed first
+    /// unless the next frame has already arrived, so that answers to a
+    /// pipelined client (HELLO + AUTH_START) leave in one flight.
     pub async fn recv(&mut self) -> Result<Message, LinkError> {
+        if !self.frame_buffered() {
+            self.flush().await?;
+        }
         match self.framed.next().await {
             None => Err(LinkError::Closed),
             Some(Err(FrameError::Io(e))) => Err(LinkError::Io(e.to_string())),
@@ -65,11 +71,26 @@ impl Link {
         }
     }
 
+    /// Queues a message; the next `recv` or `flush` writes it.
     pub async fn send(&mut self, m: Message) -> Result<(), LinkError> {
         self.framed
-            .send(m.encode())
+            .feed(m.encode())
             .await
             .map_err(|e| LinkError::Io(e.to_string()))
+    }
+
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        self.framed
+            .flush()
+            .await
+            .map_err(|e| LinkError::Io(e.to_string()))
+    }
+
+    /// True if a whole frame is already in the read buffer.
+    fn frame_buffered(&self) -> bool {
+        let buf = self.framed.read_buffer();
+        buf.len() >= 4
+            && buf.len() >= 4 + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
     }
 
     /// Sends a fatal ERROR and returns the violation to end the connection with.
@@ -81,6 +102,7 @@ impl Link {
                 message: message.to_string(),
             })
             .await;
+        let _ = self.flush().await;
         LinkError::Violation(message.to_string())
     }
 
@@ -152,7 +174,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
         server_signature: authenticated.server_signature,
         session_id: session.id,
     };
-    if link.send(ok).await.is_ok() {
+    if link.send(ok).await.is_ok() && link.flush().await.is_ok() {
         tracing::info!(%peer, user = %session.user, session = session.id, "session started");
         run_session(link, &session, &client_hello, &shared, shutdown).await;
         tracing::info!(%peer, user = %session.user, session = session.id, "session ended");
@@ -226,6 +248,12 @@ async fn run_session(
                     let _ = closed_tx.send(id);
                 }
                 next = out_rx.try_recv().ok();
+                if next.is_none() {
+                    // Give a plugin thread that is about to send more (DATA
+                    // then CLOSE) a moment, so both leave in one write.
+                    tokio::task::yield_now().await;
+                    next = out_rx.try_recv().ok();
+                }
             }
             if sink.flush().await.is_err() {
                 return;

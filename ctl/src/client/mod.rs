@@ -26,4 +26,4 @@ pub use config::{
 };
 pub use connection::{Client, ServerInfo, WINDOW};
 pub use error::{ClientError, code_from_slug};
-pub use tls::fingerprint;
+pub use tls::{client_config, fingerprint, server_name};

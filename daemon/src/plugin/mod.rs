@@ -18,6 +18,7 @@
 
 pub mod host_api;
 pub mod loader;
+pub mod workers;
 
 use crate::channel::Channel;
 use crate::config::{OnPluginError, PluginEntry, PluginsConfig};
@@ -277,10 +278,7 @@ impl PluginHost {
             stats,
             quarantine_after: self.quarantine_after.clone(),
         };
-        let spawned = std::thread::Builder::new()
-            .name(format!("plugin-{name}"))
-            .stack_size(CALL_STACK)
-            .spawn(move || call.run(req));
+        let spawned = workers::Workers::global(CALL_STACK).run(move || call.run(req));
         if let Err(e) = spawned {
             build.call_ended();
             tracing::error!(plugin = %name, "cannot start a call thread: {e}");

@@ -1,0 +1,341 @@
+//! The plugin ABI through the real daemon and sockctl: the C example
+//! plugin, panic isolation and quarantine, blocking calls, hot reload under
+//! load, backpressure against a client that does not read, and what an
+//! operator sees when a plugin is refused.
+
+use sockd_e2e::raw::{RawClient, demo_secret};
+use sockd_e2e::{Daemon, Options, OutputExt, TEST_CONFIG, bin, target_dir, wait_until};
+use sockd_proto::Message;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+/// A plugin directory holding the C `upper` plugin (compiled here from the
+/// header alone) and the testkit.
+fn plugin_dir(dir: &Path) -> std::path::PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let status = Command::new("cc")
+        .args([
+            "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-I",
+        ])
+        .arg(root.join("plugins/sdk/include"))
+        .arg(root.join("plugins/examples/upper.c"))
+        .arg("-o")
+        .arg(plugins.join("libupper.so"))
+        .status()
+        .expect("run cc");
+    assert!(
+        status.success(),
+        "upper.c compiles with the system C compiler"
+    );
+    std::fs::copy(
+        target_dir().join("libsockd_testkit.so"),
+        plugins.join("libsockd_testkit.so"),
+    )
+    .unwrap();
+    plugins
+}
+
+fn config_with(plugins: &Path, extra: &str) -> String {
+    TEST_CONFIG.replace(
+        "on_error = \"skip\"",
+        &format!("on_error = \"skip\"\ndir = \"{}\"", plugins.display()),
+    ) + "\n[plugins.upper]\nfile = \"libupper.so\"\n"
+        + extra
+}
+
+/// A daemon with upper and testkit; the plugin directory lives as long as
+/// the returned guard (dropped after the daemon).
+fn start() -> (Daemon, tempfile::TempDir) {
+    let staging = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(staging.path());
+    let d = Daemon::start_with(Options {
+        config: Some(config_with(&plugins, "")),
+        ..Default::default()
+    });
+    (d, staging)
+}
+
+fn plugin_state(d: &Daemon, name: &str) -> serde_json::Value {
+    let out = d.run(&["plugins", "--json"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    let list: serde_json::Value = serde_json::from_str(&out.stdout_text()).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .expect("plugin listed")
+}
+
+#[test]
+fn c_plugin_answers_upper_cased() {
+    let (d, _plugins) = start();
+    let out = d.run(&["call", "upper", "hello"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    assert_eq!(out.stdout_text(), "HELLO\n");
+    let out = d.run_with_input(&["call", "--stdin", "upper"], b"line one\nline two\n");
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    assert!(
+        out.stdout_text().contains("LINE ONE\nLINE TWO\n"),
+        "{:?}",
+        out.stdout_text()
+    );
+    let upper = plugin_state(&d, "upper");
+    assert_eq!(upper["state"], "loaded");
+    assert_eq!(upper["abi"], "1.0");
+    assert!(upper["calls"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn unknown_command_is_a_clear_error() {
+    let (d, _plugins) = start();
+    let out = d.run(&["call", "no-such-command"]);
+    assert_eq!(out.code(), 10, "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("no plugin serves"),
+        "{}",
+        out.stderr_text()
+    );
+}
+
+#[test]
+fn panics_become_errors_then_quarantine_until_reload() {
+    let (d, _plugins) = start();
+    for _ in 0..3 {
+        let out = d.run(&["call", "panic"]);
+        assert_eq!(out.code(), 1, "internal error: {}", out.stderr_text());
+        assert!(
+            out.stderr_text().contains("panicked"),
+            "{}",
+            out.stderr_text()
+        );
+    }
+    let out = d.run(&["call", "whoami"]);
+    assert_eq!(out.code(), 10, "quarantined: {}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("quarantined"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(plugin_state(&d, "testkit")["state"], "quarantined");
+    // Other plugins and the daemon carry on.
+    assert_eq!(d.run(&["call", "upper", "x"]).stdout_text(), "X\n");
+    assert_eq!(d.run(&["ping"]).code(), 0);
+    let out = d.run(&["plugin", "reload", "testkit"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    assert_eq!(plugin_state(&d, "testkit")["state"], "loaded");
+    assert_eq!(d.run(&["call", "whoami"]).code(), 0);
+}
+
+#[test]
+fn a_blocking_call_does_not_delay_other_sessions() {
+    let (d, _plugins) = start();
+    let mut slow = d
+        .sockctl()
+        .args(["call", "sleep", "30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let busy = || {
+        let out = d.run(&["sessions", "--json"]);
+        out.stdout_text().contains("\"sleep\"")
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), busy),
+        "the slow call is running"
+    );
+    for _ in 0..5 {
+        let out = d.run(&["call", "whoami"]);
+        assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    }
+    assert!(
+        slow.try_wait().unwrap().is_none(),
+        "the other calls finished while the slow one still runs"
+    );
+    let _ = slow.kill();
+    let _ = slow.wait();
+}
+
+#[test]
+fn hot_reload_under_load_loses_no_call() {
+    let (d, _plugins) = start();
+    let d = Arc::new(d);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU32::new(0));
+    let mut callers = Vec::new();
+    for _ in 0..2 {
+        let (d, stop, done) = (d.clone(), stop.clone(), done.clone());
+        callers.push(std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let out = d.run(&["call", "whoami"]);
+                if out.code() != 0 {
+                    failures.push(out.stderr_text());
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        }));
+    }
+    for i in 0..10 {
+        let before = done.load(Ordering::Relaxed);
+        let out = d.run(&["plugin", "reload", "testkit"]);
+        assert_eq!(out.code(), 0, "reload {i}: {}", out.stderr_text());
+        assert!(wait_until(Duration::from_secs(20), || done
+            .load(Ordering::Relaxed)
+            > before + 1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in callers {
+        let failures = c.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "calls failed across reloads: {failures:?}"
+        );
+    }
+    assert_eq!(plugin_state(&d, "testkit")["builds"], 11);
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn flooding_a_client_that_does_not_read_keeps_memory_flat() {
+    let (d, _plugins) = start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let before = rss_kib(d.pid());
+        let mut c = RawClient::connect_hello(d.addr).await;
+        assert!(matches!(
+            c.login("demo", &demo_secret(d.dir.path())).await,
+            Some(Message::AuthOk { .. })
+        ));
+        for ch in 1..=8u32 {
+            c.send(Message::Open {
+                channel: ch,
+                command: "flood".into(),
+                args: vec![],
+            })
+            .await;
+        }
+        // The client reads nothing and grants no credit. Each flood writes
+        // until its 1 MiB window is spent, then waits: the daemon holds at
+        // most the windows, however long this lasts.
+        let mut peak = 0;
+        for _ in 0..40 {
+            peak = peak.max(rss_kib(d.pid()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let growth_mib = peak.saturating_sub(before) / 1024;
+        assert!(growth_mib < 48, "daemon grew by {growth_mib} MiB");
+        // Everyone else is still served.
+        let out = d.run(&["call", "whoami"]);
+        assert_eq!(out.code(), 0, "{}", out.stderr_text());
+        // Cancelling ends the floods.
+        for ch in 1..=8u32 {
+            c.send(Message::Close {
+                channel: ch,
+                code: sockd_proto::ErrorCode::Cancelled,
+                value: 0,
+                message: String::new(),
+            })
+            .await;
+        }
+        // A client that cancels keeps reading until each channel's CLOSE.
+        let mut closed = 0;
+        while closed < 8 {
+            match tokio::time::timeout(Duration::from_secs(20), c.recv()).await {
+                Ok(Some(Message::Close { .. })) => closed += 1,
+                Ok(Some(_)) => {}
+                other => panic!("expected CLOSE for every cancelled flood, got {other:?}"),
+            }
+        }
+        let out = d.run(&["sessions", "--json"]);
+        assert!(
+            !out.stdout_text().contains("flood"),
+            "{}",
+            out.stdout_text()
+        );
+    });
+}
+
+#[test]
+fn a_missing_plugin_is_reported_with_skip_and_refused_with_refuse() {
+    let staging = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(staging.path());
+    let config = config_with(&plugins, "[plugins.ghost]\nfile = \"libghost.so\"\n");
+    let d = Daemon::start_with(Options {
+        config: Some(config.clone()),
+        ..Default::default()
+    });
+    let ghost = plugin_state(&d, "ghost");
+    assert_eq!(ghost["state"], "failed");
+    assert!(
+        ghost["error"].as_str().unwrap().contains("libghost.so"),
+        "{ghost}"
+    );
+    assert_eq!(d.run(&["call", "upper", "a"]).code(), 0, "the others work");
+    let status = d.run(&["status"]);
+    assert!(
+        status.stdout_text().contains("ghost"),
+        "{}",
+        status.stdout_text()
+    );
+
+    // With on_error = "refuse" the daemon does not start, and says why.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sockd.toml"),
+        config.replace("on_error = \"skip\"", "on_error = \"refuse\""),
+    )
+    .unwrap();
+    let out = Command::new(bin("sockd"))
+        .args([
+            "--dev",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.code(), 1);
+    let err = out.stderr_text();
+    assert!(
+        err.contains("ghost") && err.contains("libghost.so"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_plugin_directory_others_can_write_is_refused() {
+    let staging = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(staging.path());
+    std::fs::set_permissions(&plugins, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(&plugins, "").replace("on_error = \"skip\"", "on_error = \"refuse\"");
+    std::fs::write(dir.path().join("sockd.toml"), config).unwrap();
+    let out = Command::new(bin("sockd"))
+        .args([
+            "--dev",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.code(), 1);
+    let err = out.stderr_text();
+    assert!(err.contains("DETAIL") && err.contains("writable"), "{err}");
+}
