@@ -11,3 +11,4 @@ pub mod cli;
 pub mod client;
 pub mod cmd;
 pub mod output;
+pub mod term;

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod call;
+pub mod exec;
 pub mod ping;
 pub mod plugin;
 pub mod user;
@@ -26,6 +27,8 @@ pub enum Command {
     Ping(ping::PingArgs),
     /// Run a plugin command and relay its output
     Call(call::CallArgs),
+    /// Run a command on the server, like `ssh host CMD`
+    Exec(exec::ExecArgs),
     /// Show the daemon's status (control socket)
     Status(admin::StatusArgs),
     /// List logged-in sessions (control socket)
@@ -49,6 +52,7 @@ pub async fn run(ctx: &Context, command: Command) -> Result<u8, ClientError> {
     match command {
         Command::Ping(args) => ping::run(ctx, args).await,
         Command::Call(args) => call::run(ctx, args).await,
+        Command::Exec(args) => exec::run(ctx, args).await,
         Command::Status(args) => admin::status(ctx, args).await,
         Command::Sessions(args) => admin::sessions(ctx, args).await,
         Command::Kick(args) => admin::kick(ctx, args).await,

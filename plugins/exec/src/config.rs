@@ -48,14 +48,19 @@ impl<'de> Deserialize<'de> for Allow {
             Word(String),
             List(Vec<String>),
         }
-        let bad = || D::Error::custom("allow must be \"any\", \"none\" or a list of programs such as [\"ls\", \"/usr/bin/git\"]");
+        let bad = || {
+            D::Error::custom(
+                "allow must be \"any\", \"none\" or a list of programs such as [\"ls\", \"/usr/bin/git\"]",
+            )
+        };
         match Raw::deserialize(d).map_err(|_| bad())? {
             Raw::Word(w) if w == "any" => Ok(Allow::Any),
             Raw::Word(w) if w == "none" => Ok(Allow::None),
             Raw::Word(_) => Err(bad()),
             Raw::List(list) => {
                 for p in &list {
-                    if p.is_empty() || p.contains('\0') || (p.contains('/') && !p.starts_with('/')) {
+                    if p.is_empty() || p.contains('\0') || (p.contains('/') && !p.starts_with('/'))
+                    {
                         return Err(D::Error::custom(format!(
                             "allow: {p:?} must be a program name (\"ls\") or an absolute path (\"/usr/bin/git\")"
                         )));
@@ -152,18 +157,30 @@ impl Config {
     /// Parses the plugin's table (the daemon hands it over as TOML text,
     /// without `file`).
     pub fn parse(text: &str) -> Result<Config, String> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| format!("[plugins.exec]: {}", e.message()))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| format!("[plugins.exec]: {}", e.message()))?;
         let kill_grace_ms = raw.kill_grace_ms.unwrap_or(DEFAULT_KILL_GRACE_MS);
         if kill_grace_ms > 600_000 {
             return Err("[plugins.exec]: kill_grace_ms must be at most 600000 (10 minutes)".into());
         }
         let env = raw.env.unwrap_or_default();
         check_env("[plugins.exec] env", &env)?;
-        check_env("[plugins.exec.default] env", raw.default.env.as_ref().unwrap_or(&BTreeMap::new()))?;
+        check_env(
+            "[plugins.exec.default] env",
+            raw.default.env.as_ref().unwrap_or(&BTreeMap::new()),
+        )?;
         for (name, p) in &raw.users {
-            check_env(&format!("[plugins.exec.users.{name}] env"), p.env.as_ref().unwrap_or(&BTreeMap::new()))?;
+            check_env(
+                &format!("[plugins.exec.users.{name}] env"),
+                p.env.as_ref().unwrap_or(&BTreeMap::new()),
+            )?;
         }
-        Ok(Config { kill_grace: Duration::from_millis(kill_grace_ms), env, users: raw.users, default: raw.default })
+        Ok(Config {
+            kill_grace: Duration::from_millis(kill_grace_ms),
+            env,
+            users: raw.users,
+            default: raw.default,
+        })
     }
 
     /// The effective policy for `user`.
@@ -177,9 +194,19 @@ impl Config {
         }
         Policy {
             allow: u.allow.or_else(|| d.allow.clone()).unwrap_or(Allow::None),
-            timeout: u.timeout_secs.or(d.timeout_secs).filter(|&s| s > 0).map(Duration::from_secs),
-            max_concurrent: u.max_concurrent.or(d.max_concurrent).unwrap_or(DEFAULT_MAX_CONCURRENT),
-            rlimits: u.rlimits.unwrap_or_default().or(d.rlimits.unwrap_or_default()),
+            timeout: u
+                .timeout_secs
+                .or(d.timeout_secs)
+                .filter(|&s| s > 0)
+                .map(Duration::from_secs),
+            max_concurrent: u
+                .max_concurrent
+                .or(d.max_concurrent)
+                .unwrap_or(DEFAULT_MAX_CONCURRENT),
+            rlimits: u
+                .rlimits
+                .unwrap_or_default()
+                .or(d.rlimits.unwrap_or_default()),
             env,
         }
     }
@@ -203,7 +230,8 @@ impl Policy {
             Allow::None => false,
             Allow::List(list) => {
                 let base = Path::new(asked).file_name().unwrap_or(asked);
-                list.iter().any(|e| e.as_bytes() == asked.as_bytes() || e.as_bytes() == base.as_bytes())
+                list.iter()
+                    .any(|e| e.as_bytes() == asked.as_bytes() || e.as_bytes() == base.as_bytes())
             }
         }
     }
@@ -216,13 +244,20 @@ impl Policy {
 /// allowing `/bin/ls` must not allow `/bin/rm`.
 fn entry_matches(entry: &str, resolved: &Path) -> bool {
     if !entry.contains('/') {
-        return resolved.file_name().is_some_and(|n| n.as_bytes() == entry.as_bytes());
+        return resolved
+            .file_name()
+            .is_some_and(|n| n.as_bytes() == entry.as_bytes());
     }
     let entry = Path::new(entry);
     if entry == resolved {
         return true;
     }
-    match (entry.file_name(), resolved.file_name(), entry.parent(), resolved.parent()) {
+    match (
+        entry.file_name(),
+        resolved.file_name(),
+        entry.parent(),
+        resolved.parent(),
+    ) {
         (Some(a), Some(b), Some(pa), Some(pb)) if a == b => {
             matches!((pa.canonicalize(), pb.canonicalize()), (Ok(x), Ok(y)) if x == y)
         }
@@ -248,6 +283,20 @@ timeout_secs = 30
 [default]
 max_concurrent = 2
 "#;
+
+    /// The `[plugins.exec]` table of the shipped etc/sockd.toml, as the
+    /// daemon hands it over (without `file`), is valid.
+    #[test]
+    fn accepts_the_shipped_reference_config() {
+        let full: toml::Table = toml::from_str(include_str!("../../../etc/sockd.toml")).unwrap();
+        let mut exec = full["plugins"]["exec"].as_table().unwrap().clone();
+        exec.remove("file");
+        let c = Config::parse(&toml::to_string(&exec).unwrap()).unwrap();
+        assert!(
+            !c.policy("anyone").allows(Path::new("/bin/ls")),
+            "denied by default"
+        );
+    }
 
     #[test]
     fn parses_the_documented_example() {
@@ -277,8 +326,16 @@ max_concurrent = 2
 
     #[test]
     fn rejects_typos_and_bad_values() {
-        assert!(Config::parse("kill_grace = 5").unwrap_err().contains("kill_grace"));
-        assert!(Config::parse("[users.x]\nallow = \"all\"").unwrap_err().contains("allow"));
+        assert!(
+            Config::parse("kill_grace = 5")
+                .unwrap_err()
+                .contains("kill_grace")
+        );
+        assert!(
+            Config::parse("[users.x]\nallow = \"all\"")
+                .unwrap_err()
+                .contains("allow")
+        );
         assert!(Config::parse("[users.x]\nalow = \"any\"").is_err());
         assert!(Config::parse("[users.x]\nallow = [\"bin/ls\"]").is_err());
         assert!(Config::parse("[users.x]\nrlimits = { cpu = 1 }").is_err());
@@ -304,8 +361,14 @@ max_concurrent = 2
         std::fs::create_dir_all(dir.join("real")).unwrap();
         std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
         let entry = dir.join("link/tool");
-        assert!(entry_matches(entry.to_str().unwrap(), &dir.join("real/tool")));
-        assert!(!entry_matches(entry.to_str().unwrap(), &dir.join("real/other")));
+        assert!(entry_matches(
+            entry.to_str().unwrap(),
+            &dir.join("real/tool")
+        ));
+        assert!(!entry_matches(
+            entry.to_str().unwrap(),
+            &dir.join("real/other")
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
