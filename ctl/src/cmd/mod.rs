@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod call;
+pub mod chat;
 pub mod exec;
 pub mod ping;
 pub mod plugin;
@@ -29,6 +30,8 @@ pub enum Command {
     Call(call::CallArgs),
     /// Run a command on the server, like `ssh host CMD`
     Exec(exec::ExecArgs),
+    /// Chat with other users: interactive without a subcommand
+    Chat(chat::ChatArgs),
     /// Show the daemon's status (control socket)
     Status(admin::StatusArgs),
     /// List logged-in sessions (control socket)
@@ -53,6 +56,7 @@ pub async fn run(ctx: &Context, command: Command) -> Result<u8, ClientError> {
         Command::Ping(args) => ping::run(ctx, args).await,
         Command::Call(args) => call::run(ctx, args).await,
         Command::Exec(args) => exec::run(ctx, args).await,
+        Command::Chat(args) => chat::run(ctx, args).await,
         Command::Status(args) => admin::status(ctx, args).await,
         Command::Sessions(args) => admin::sessions(ctx, args).await,
         Command::Kick(args) => admin::kick(ctx, args).await,
