@@ -12,6 +12,7 @@ pub mod admin;
 pub mod call;
 pub mod chat;
 pub mod exec;
+pub mod files;
 pub mod ping;
 pub mod plugin;
 pub mod user;
@@ -32,6 +33,8 @@ pub enum Command {
     Exec(exec::ExecArgs),
     /// Chat with other users: interactive without a subcommand
     Chat(chat::ChatArgs),
+    #[command(flatten)]
+    Files(files::FilesCommand),
     /// Show the daemon's status (control socket)
     Status(admin::StatusArgs),
     /// List logged-in sessions (control socket)
@@ -57,6 +60,7 @@ pub async fn run(ctx: &Context, command: Command) -> Result<u8, ClientError> {
         Command::Call(args) => call::run(ctx, args).await,
         Command::Exec(args) => exec::run(ctx, args).await,
         Command::Chat(args) => chat::run(ctx, args).await,
+        Command::Files(command) => files::run(ctx, command).await,
         Command::Status(args) => admin::status(ctx, args).await,
         Command::Sessions(args) => admin::sessions(ctx, args).await,
         Command::Kick(args) => admin::kick(ctx, args).await,

@@ -80,17 +80,25 @@ mod tests {
     fn empty_config_means_no_limits() {
         let s = Settings::parse("").unwrap();
         assert_eq!(s.limits("anyone"), Limits { bytes: 0, files: 0 });
-        assert_eq!(s.partial_ttl(), Duration::from_secs(DEFAULT_PARTIAL_TTL_SECS));
+        assert_eq!(
+            s.partial_ttl(),
+            Duration::from_secs(DEFAULT_PARTIAL_TTL_SECS)
+        );
     }
 
     #[test]
     fn users_override_the_defaults() {
-        let s = Settings::parse(
-            "quota_bytes = 100\nquota_files = 5\n[users.alice]\nquota_bytes = 7\n",
-        )
-        .unwrap();
+        let s =
+            Settings::parse("quota_bytes = 100\nquota_files = 5\n[users.alice]\nquota_bytes = 7\n")
+                .unwrap();
         assert_eq!(s.limits("alice"), Limits { bytes: 7, files: 5 });
-        assert_eq!(s.limits("bob"), Limits { bytes: 100, files: 5 });
+        assert_eq!(
+            s.limits("bob"),
+            Limits {
+                bytes: 100,
+                files: 5
+            }
+        );
     }
 
     #[test]
@@ -98,7 +106,10 @@ mod tests {
         let e = Settings::parse("quota = 1").unwrap_err();
         assert!(e.contains("unknown field `quota`"), "{e}");
         let e = Settings::parse("quota_bytes = -1").unwrap_err();
-        assert!(e.contains("quota_bytes") || e.contains("invalid value"), "{e}");
+        assert!(
+            e.contains("quota_bytes") || e.contains("invalid value"),
+            "{e}"
+        );
         let e = Settings::parse("[users.a]\nquota_byte = 1").unwrap_err();
         assert!(e.contains("quota_byte"), "{e}");
         assert!(Settings::parse("partial_ttl_secs = 0").is_err());
