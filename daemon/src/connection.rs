@@ -80,8 +80,7 @@ impl Link {
     }
 
     pub async fn flush(&mut self) -> Result<(), LinkError> {
-        self.framed
-            .flush()
+        SinkExt::<sockd_proto::Frame>::flush(&mut self.framed)
             .await
             .map_err(|e| LinkError::Io(e.to_string()))
     }
@@ -241,7 +240,7 @@ async fn run_session(
                     Message::Close { channel, .. } => Some(*channel),
                     _ => None,
                 };
-                if sink.feed(m.encode()).await.is_err() {
+                if sink.feed(m).await.is_err() {
                     return;
                 }
                 if let Some(id) = closed {

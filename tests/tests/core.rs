@@ -453,3 +453,47 @@ fn dev_directory_is_reused_across_restarts() {
     assert!(again.contains(&pin_line), "same certificate after restart");
     assert_eq!(d.run(&["ping"]).code(), 0);
 }
+
+/// etc/sockd.toml, with only paths and the port changed, is accepted by
+/// the daemon and by every plugin it lists (refusing on any error).
+#[test]
+fn shipped_reference_config_loads_every_plugin() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let text = std::fs::read_to_string(root.join("etc/sockd.toml")).unwrap();
+    let config = text
+        .replace("listen = [\"0.0.0.0:7443\"]", "listen = [\"127.0.0.1:0\"]")
+        .replace("state_dir = \"/var/lib/sockd\"", "state_dir = \"state\"")
+        .replace(
+            "certificate = \"/etc/sockd/cert.pem\"",
+            "certificate = \"cert.pem\"",
+        )
+        .replace(
+            "private_key = \"/run/credentials/sockd.service/tls-key\"",
+            "private_key = \"key.pem\"",
+        )
+        .replace(
+            "socket = \"/run/sockd-control/control.sock\"",
+            "socket = \"control.sock\"",
+        )
+        .replace("admin_group = \"sockctl\"", "admin_group = \"\"")
+        .replace(
+            "dir = \"/usr/lib/sockd/plugins\"",
+            &format!("dir = \"{}\"", sockd_e2e::target_dir().display()),
+        );
+    assert!(config.contains("on_error = \"refuse\""));
+    let d = sockd_e2e::Daemon::start_with(sockd_e2e::Options {
+        config: Some(config),
+        ..Default::default()
+    });
+    let out = d.run(&["plugins", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&out.stdout_text()).unwrap();
+    let mut loaded: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "loaded")
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    loaded.sort();
+    assert_eq!(loaded, ["chat", "exec", "files"], "{list}");
+}

@@ -93,7 +93,8 @@ pub(crate) struct Conn {
 }
 
 pub(crate) enum Out {
-    Frame(Frame),
+    /// Encoded by the writer (DATA straight into the TLS buffer).
+    Message(Message),
     Shutdown,
 }
 
@@ -129,7 +130,7 @@ impl Conn {
             return Err(e);
         }
         self.out
-            .send(Out::Frame(msg.encode()))
+            .send(Out::Message(msg))
             .map_err(|_| self.ended_or("the connection to sockd is closed"))
     }
 
@@ -154,13 +155,10 @@ impl Conn {
 
     /// The peer broke the protocol: tell it why and hang up.
     fn violation(&self, what: String) {
-        let _ = self.out.send(Out::Frame(
-            Message::Error {
-                code: ErrorCode::Protocol,
-                message: what.clone(),
-            }
-            .encode(),
-        ));
+        let _ = self.out.send(Out::Message(Message::Error {
+            code: ErrorCode::Protocol,
+            message: what.clone(),
+        }));
         self.fail(ClientError::remote(
             ErrorCode::Protocol,
             format!("sockd broke the protocol: {what}"),
@@ -404,7 +402,7 @@ impl Client {
             command: command.to_string(),
             args,
         };
-        if self.conn.out.send(Out::Frame(open.encode())).is_err() {
+        if self.conn.out.send(Out::Message(open)).is_err() {
             st.channels.remove(&id);
             drop(st);
             return Err(self.conn.ended_or("the connection to sockd is closed"));
@@ -527,7 +525,7 @@ fn text_or(message: &str, code: ErrorCode) -> String {
 }
 
 async fn write_loop(
-    mut sink: SplitSink<Transport, Frame>,
+    mut sink: SplitSink<Transport, Message>,
     mut rx: mpsc::UnboundedReceiver<Out>,
     conn: Arc<Conn>,
 ) {
@@ -539,7 +537,7 @@ async fn write_loop(
             };
             loop {
                 match next {
-                    Out::Frame(frame) => sink.feed(frame).await?,
+                    Out::Message(message) => sink.feed(message).await?,
                     Out::Shutdown => {
                         shutdown = true;
                         break;
