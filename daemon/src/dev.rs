@@ -69,6 +69,11 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The config file of a dev directory.
+pub fn config_path(dir: &Path) -> PathBuf {
+    dir.join("sockd.toml")
+}
+
 /// Creates whatever is missing in `dir`; returns the config path.
 pub fn prepare(dir: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
@@ -114,7 +119,7 @@ pub fn prepare(dir: &Path) -> Result<PathBuf, String> {
             .save(&users_path)
             .map_err(|e| format!("{}: {e}", users_path.display()))?;
     }
-    let config = dir.join("sockd.toml");
+    let config = config_path(dir);
     if !config.exists() {
         write_new(&config, CONFIG_TEMPLATE.as_bytes(), 0o644)?;
     }

@@ -66,18 +66,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(args: Args) -> Result<(), String> {
+fn start(mut args: Args) -> Result<(), String> {
     let mut overrides = DevOverrides {
         listen: args.listen,
         plugin_dir: None,
     };
+    // The dev directory is made absolute first: client.toml and the banner
+    // must not depend on the directory sockd was started from.
+    if let Some(dir) = args.dev.take() {
+        dev::prepare(&dir)?;
+        args.dev =
+            Some(std::fs::canonicalize(&dir).map_err(|e| format!("{}: {e}", dir.display()))?);
+    }
     let config_path = match &args.dev {
         Some(dir) => {
-            let config = dev::prepare(dir)?;
             let exe = std::env::current_exe()
                 .map_err(|e| format!("cannot locate the sockd binary: {e}"))?;
             overrides.plugin_dir = exe.parent().map(|p| p.to_path_buf());
-            config
+            dev::config_path(dir)
         }
         None => args.config.clone(),
     };

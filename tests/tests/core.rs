@@ -497,3 +497,34 @@ fn shipped_reference_config_loads_every_plugin() {
     loaded.sort();
     assert_eq!(loaded, ["chat", "exec", "files"], "{list}");
 }
+
+/// The README's quickstart names a relative directory (`./sockd-dev`): the
+/// client.toml it writes must work from anywhere.
+#[test]
+fn dev_mode_with_a_relative_directory() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut daemon = Command::new(bin("sockd"))
+        .current_dir(cwd.path())
+        .args(["--dev", "./sockd-dev", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = cwd.path().join("sockd-dev/client.toml");
+    let ready = wait_until(Duration::from_secs(30), || client.exists());
+    let status = Command::new(bin("sockctl"))
+        .env("SOCKCTL_CONFIG", &client)
+        .arg("status")
+        .output()
+        .unwrap();
+    let ping = Command::new(bin("sockctl"))
+        .env("SOCKCTL_CONFIG", &client)
+        .arg("ping")
+        .output()
+        .unwrap();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(ready, "sockd --dev ./sockd-dev did not start");
+    assert_eq!(status.code(), 0, "{}", status.stderr_text());
+    assert_eq!(ping.code(), 0, "{}", ping.stderr_text());
+}
