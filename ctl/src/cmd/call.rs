@@ -2,15 +2,14 @@
 //! streams: stream 0 to stdout, streams 1 and 2 (and any other) to stderr.
 
 use super::Context;
-use crate::client::{ChannelSender, ClientError, Event};
-use bytes::BytesMut;
+use crate::client::{ClientError, Event};
 use clap::Args;
 use sockd_proto::ErrorCode;
 use sockd_proto::code::exit;
 use sockd_proto::message::stream;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// Exit status when stdout is a closed pipe (128 + SIGPIPE, as a shell reports).
 const EXIT_BROKEN_PIPE: u8 = 141;
@@ -37,7 +36,7 @@ pub async fn run(ctx: &Context, args: CallArgs) -> Result<u8, ClientError> {
         .await?;
 
     let mut input = if args.stdin {
-        Some(tokio::spawn(forward_stdin(channel.sender())))
+        Some(tokio::spawn(super::forward_stdin(channel.sender())))
     } else {
         channel.send_eof(stream::MAIN).await?;
         None
@@ -124,31 +123,6 @@ fn close_status(code: ErrorCode, value: i64, message: String) -> Result<u8, Clie
     match code {
         ErrorCode::Ok => Ok(u8::try_from(value).unwrap_or(exit::OK)),
         code => Err(ClientError::remote(code, message)),
-    }
-}
-
-/// Copies stdin to stream 0, then sends EOF. Stops quietly if the operation
-/// ends first.
-async fn forward_stdin(sender: ChannelSender) -> Result<(), ClientError> {
-    let mut stdin = tokio::io::stdin();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    loop {
-        buf.reserve(64 * 1024);
-        let n = stdin
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| ClientError::failure(format!("cannot read standard input: {e}")))?;
-        if n == 0 {
-            let _ = sender.send_eof(stream::MAIN).await;
-            return Ok(());
-        }
-        if sender
-            .send(stream::MAIN, buf.split().freeze())
-            .await
-            .is_err()
-        {
-            return Ok(());
-        }
     }
 }
 

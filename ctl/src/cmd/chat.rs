@@ -17,9 +17,8 @@ mod interactive;
 pub mod session;
 
 use super::Context;
-use crate::client::{ChannelSender, Client, ClientError, Event};
+use crate::client::{Client, ClientError, Event};
 use crate::output::{self, Table};
-use bytes::BytesMut;
 use clap::{Args, Subcommand};
 use format::Style;
 use inbox::Delivery;
@@ -30,7 +29,6 @@ use sockd_proto::code::exit;
 use sockd_proto::message::stream;
 use std::io::IsTerminal;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -158,7 +156,7 @@ async fn call(client: &Client, args: &[&str], stdin: bool) -> Result<Called, Cli
         .open("chat", args.iter().map(|a| a.as_bytes().to_vec()))
         .await?;
     let input = if stdin {
-        Some(tokio::spawn(forward_stdin(channel.sender())))
+        Some(tokio::spawn(super::forward_stdin(channel.sender())))
     } else {
         channel.send_eof(stream::MAIN).await?;
         None
@@ -214,30 +212,6 @@ struct Called {
 impl Called {
     fn ok(self) -> Result<Vec<Value>, ClientError> {
         self.result.map(|()| self.values)
-    }
-}
-
-/// Copies stdin to stream 0, then EOF.
-async fn forward_stdin(sender: ChannelSender) -> Result<(), ClientError> {
-    let mut stdin = tokio::io::stdin();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    loop {
-        buf.reserve(64 * 1024);
-        let n = stdin
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| ClientError::failure(format!("cannot read standard input: {e}")))?;
-        if n == 0 {
-            let _ = sender.send_eof(stream::MAIN).await;
-            return Ok(());
-        }
-        if sender
-            .send(stream::MAIN, buf.split().freeze())
-            .await
-            .is_err()
-        {
-            return Ok(());
-        }
     }
 }
 

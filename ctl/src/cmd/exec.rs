@@ -13,9 +13,9 @@
 //! usual table (docs/PROTOCOL.md) for anything else the server reports.
 
 use super::Context;
-use crate::client::{ChannelSender, Client, ClientError, Event};
+use crate::client::{Client, ClientError, Event};
 use crate::term;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use clap::Args;
 use futures_util::FutureExt;
 use nix::libc;
@@ -26,7 +26,6 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
-use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -36,7 +35,6 @@ const EXIT_BROKEN_PIPE: u8 = 141;
 const OUTPUT_QUEUE: usize = 8;
 /// Writes are gathered up to this size.
 const WRITE_BATCH: usize = 256 * 1024;
-const STDIN_CHUNK: usize = 128 * 1024;
 
 #[derive(Debug, Args)]
 #[command(
@@ -185,7 +183,7 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> Result<u8, ClientError> {
         channel.send_eof(stream::MAIN).await.map_err(own)?;
         None
     } else {
-        Some(tokio::spawn(forward_stdin(channel.sender())))
+        Some(tokio::spawn(super::forward_stdin(channel.sender())))
     };
 
     let (out_tx, out_rx) = mpsc::channel::<(u8, Bytes)>(OUTPUT_QUEUE);
@@ -287,31 +285,6 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> Result<u8, ClientError> {
             "cannot write to standard output: {e}"
         )))),
         (result, _) => result,
-    }
-}
-
-/// Copies stdin to stream 0, then sends EOF. Stops quietly if the operation
-/// ends first.
-async fn forward_stdin(sender: ChannelSender) -> Result<(), ClientError> {
-    let mut stdin = tokio::io::stdin();
-    let mut buf = BytesMut::with_capacity(STDIN_CHUNK);
-    loop {
-        buf.reserve(STDIN_CHUNK);
-        let n = stdin
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| ClientError::failure(format!("cannot read standard input: {e}")))?;
-        if n == 0 {
-            let _ = sender.send_eof(stream::MAIN).await;
-            return Ok(());
-        }
-        if sender
-            .send(stream::MAIN, buf.split().freeze())
-            .await
-            .is_err()
-        {
-            return Ok(());
-        }
     }
 }
 

@@ -106,3 +106,30 @@ impl Context {
         control::request(self.config.socket(), request).await
     }
 }
+
+/// Copies stdin to stream 0 of an operation, then sends EOF. Stops quietly
+/// if the operation ends first (its result is reported by the caller).
+pub async fn forward_stdin(sender: crate::client::ChannelSender) -> Result<(), ClientError> {
+    use tokio::io::AsyncReadExt;
+    const CHUNK: usize = 128 * 1024;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = bytes::BytesMut::with_capacity(CHUNK);
+    loop {
+        buf.reserve(CHUNK);
+        let n = stdin
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| ClientError::failure(format!("cannot read standard input: {e}")))?;
+        if n == 0 {
+            let _ = sender.send_eof(sockd_proto::message::stream::MAIN).await;
+            return Ok(());
+        }
+        if sender
+            .send(sockd_proto::message::stream::MAIN, buf.split().freeze())
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+}
