@@ -45,35 +45,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# ---- sshd, throwaway ----
-mkdir -p "$dir/ssh" /run/sshd
-ssh-keygen -q -t ed25519 -N '' -f "$dir/ssh/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$dir/ssh/client_key"
-cp "$dir/ssh/client_key.pub" "$dir/ssh/authorized_keys"
-port=$(free_port)
-cat > "$dir/ssh/sshd_config" <<EOF
-Port $port
-ListenAddress 127.0.0.1
-HostKey $dir/ssh/host_key
-AuthorizedKeysFile $dir/ssh/authorized_keys
-PidFile $dir/ssh/sshd.pid
-UsePAM no
-StrictModes no
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UseDNS no
-Subsystem sftp internal-sftp
-LogLevel ERROR
-EOF
-"$SSHD" -f "$dir/ssh/sshd_config" -D -e 2>"$dir/ssh/sshd.log" &
-pids+=($!)
-SSH_OPTS=(-i "$dir/ssh/client_key" -o BatchMode=yes -o StrictHostKeyChecking=no
-          -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ControlMaster=no -o ControlPath=none)
+# shellcheck source=bench/lib/sshd.sh
+. bench/lib/sshd.sh
+start_throwaway_sshd
 SSH=(ssh -q -p "$port" "${SSH_OPTS[@]}" root@127.0.0.1)
 
 # ---- sockd --dev, release ----
