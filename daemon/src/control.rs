@@ -169,21 +169,18 @@ fn request_name(r: &Request) -> String {
 
 async fn execute(request: Request, shared: &Arc<Shared>) -> Response {
     match request {
-        Request::Status {} => {
-            let config = shared.config();
-            Response::ok(StatusInfo {
-                version: env!("CARGO_PKG_VERSION").into(),
-                pid: std::process::id(),
-                uptime_secs: shared.started.elapsed().as_secs(),
-                listen: shared.listen.iter().map(|a| a.to_string()).collect(),
-                control_socket: config.control.socket.display().to_string(),
-                connections: shared
-                    .connections
-                    .load(std::sync::atomic::Ordering::Relaxed) as u64,
-                sessions: Sessions::global().len() as u64,
-                plugins: shared.plugins().list(),
-            })
-        }
+        Request::Status {} => Response::ok(StatusInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            uptime_secs: shared.started.elapsed().as_secs(),
+            listen: shared.listen.iter().map(|a| a.to_string()).collect(),
+            control_socket: shared.control_socket.display().to_string(),
+            connections: shared
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed) as u64,
+            sessions: Sessions::global().len() as u64,
+            plugins: shared.plugins().list(),
+        }),
         Request::Sessions {} => Response::ok(Sessions::global().list()),
         Request::Kick { id } => {
             if Sessions::global().kick(id) {
@@ -256,10 +253,7 @@ async fn execute(request: Request, shared: &Arc<Shared>) -> Response {
         Request::UserList {} => Response::ok(shared.users().list()),
         Request::Reload {} => match shared.reload().await {
             Ok(summary) => Response::ok(serde_json::json!({ "reloaded": summary })),
-            Err(e) => Response::err(
-                ErrorCode::BadRequest,
-                format!("reload failed, running configuration kept: {e}"),
-            ),
+            Err(e) => Response::err(ErrorCode::BadRequest, e.to_string()),
         },
         Request::Plugins {} => Response::ok(shared.plugins().list()),
         Request::PluginReload { name } => {

@@ -5,7 +5,7 @@ use sockd::config::Config;
 use sockd::server::{DevOverrides, Startup};
 use sockd::{dev, logging, server};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -107,9 +107,8 @@ fn start(mut args: Args) -> Result<(), String> {
         Some(dir) => {
             let dir = dir.clone();
             let cert = config.tls.certificate.clone();
-            let socket = config.control.socket.clone();
-            Some(Box::new(move |bound: &[SocketAddr]| {
-                dev::write_client_config(&dir, bound, &cert, &socket)?;
+            Some(Box::new(move |bound: &[SocketAddr], socket: &Path| {
+                dev::write_client_config(&dir, bound, &cert, socket)?;
                 let port = bound.first().map(|a| a.port()).unwrap_or_default();
                 eprintln!(
                     "sockd --dev: listening on 127.0.0.1:{port}\n  try: SOCKCTL_CONFIG={}/client.toml sockctl ping",

@@ -16,12 +16,31 @@ use crate::{control, notify};
 use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
+
+/// Why `sockd reload` did not apply all of a new configuration.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The new configuration is unusable; the running one is kept whole.
+    Refused(String),
+    /// The core settings, users and certificates were applied; some
+    /// plugins refused their new settings and keep their previous ones.
+    Partial(String),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Refused(e) => write!(f, "reload failed, running configuration kept: {e}"),
+            ReloadError::Partial(e) => write!(f, "reload incomplete: {e}"),
+        }
+    }
+}
 
 /// State every connection and the control socket share.
 pub struct Shared {
@@ -35,6 +54,9 @@ pub struct Shared {
     pub fake_secret: Vec<u8>,
     pub started: Instant,
     pub listen: Vec<SocketAddr>,
+    /// The control socket's path: the inherited socket's own under socket
+    /// activation, else the configured one.
+    pub control_socket: PathBuf,
     pub connections: AtomicUsize,
     per_source: Mutex<HashMap<IpAddr, usize>>,
     /// Serialises writers of the users file.
@@ -101,24 +123,28 @@ impl Shared {
     }
 
     /// Re-reads config, users and certificates. On any error nothing changes.
-    pub async fn reload(&self) -> Result<String, String> {
+    pub async fn reload(&self) -> Result<String, ReloadError> {
         let _guard = self.reload_lock.lock().await;
         notify::reloading();
         let result = self.reload_inner();
         notify::ready(&self.status_line());
         match &result {
             Ok(summary) => tracing::info!("reloaded: {summary}"),
-            Err(e) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+            Err(e) => tracing::error!("{e}"),
         }
         result
     }
 
-    fn reload_inner(&self) -> Result<String, String> {
-        let mut config = Config::load(&self.config_path).map_err(|e| e.to_string())?;
+    /// Applies a new configuration: everything or nothing of the core
+    /// (settings, users, certificates), then each plugin's own settings,
+    /// which a plugin may refuse on its own without undoing the rest.
+    fn reload_inner(&self) -> Result<String, ReloadError> {
+        let mut config =
+            Config::load(&self.config_path).map_err(|e| ReloadError::Refused(e.to_string()))?;
         self.dev_overrides.apply(&mut config);
-        let users = Users::load(&config.server.users_file())?;
-        let tls = crate::tls::server_config(&config.tls.certificate, &config.tls.private_key)?;
-        self.plugins.reconfigure(&config.plugins)?;
+        let users = Users::load(&config.server.users_file()).map_err(ReloadError::Refused)?;
+        let tls = crate::tls::server_config(&config.tls.certificate, &config.tls.private_key)
+            .map_err(ReloadError::Refused)?;
         let old = self.config();
         let mut notes = Vec::new();
         if old.server.listen != config.server.listen {
@@ -132,16 +158,20 @@ impl Shared {
             Duration::from_millis(config.auth.penalty_max_ms),
         );
         let user_count = users.list().len();
+        let plugins = self.plugins.reconfigure(&config.plugins);
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         self.set_users(users);
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
-        let mut summary = format!("{user_count} users, certificates and plugin settings reloaded");
+        let mut summary = format!("{user_count} users, certificates and settings reloaded");
         for n in notes {
             tracing::warn!("{n}");
             summary.push_str("; ");
             summary.push_str(&n);
         }
-        Ok(summary)
+        match plugins {
+            Ok(()) => Ok(summary),
+            Err(e) => Err(ReloadError::Partial(format!("{summary}, but {e}"))),
+        }
     }
 
     fn admit(&self, ip: IpAddr, max_total: usize, max_per_source: usize) -> Result<(), String> {
@@ -173,8 +203,9 @@ impl Shared {
     }
 }
 
-/// Called once listeners are bound, with their addresses.
-pub type OnBound = Box<dyn FnOnce(&[SocketAddr]) -> Result<(), String> + Send>;
+/// Called once listeners are bound, with the TLS addresses and the control
+/// socket's path.
+pub type OnBound = Box<dyn FnOnce(&[SocketAddr], &Path) -> Result<(), String> + Send>;
 
 /// Everything `run` needs, prepared by main.
 pub struct Startup {
@@ -271,12 +302,28 @@ pub async fn run(startup: Startup) -> Result<(), String> {
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
-    let control_listener = match inherited.control {
+    // An inherited control socket belongs to its socket unit: report its
+    // own path, and leave the file in place at exit so that the unit can
+    // start us again.
+    let (control_listener, control_socket, control_bound_here) = match inherited.control {
         Some(l) => {
             l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            UnixListener::from_std(l).map_err(|e| e.to_string())?
+            let path = l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                .unwrap_or_else(|| config.control.socket.clone());
+            (
+                UnixListener::from_std(l).map_err(|e| e.to_string())?,
+                path,
+                false,
+            )
         }
-        None => control::bind(&config.control)?,
+        None => (
+            control::bind(&config.control)?,
+            config.control.socket.clone(),
+            true,
+        ),
     };
 
     let shared = Arc::new(Shared {
@@ -292,6 +339,7 @@ pub async fn run(startup: Startup) -> Result<(), String> {
         fake_secret,
         started: Instant::now(),
         listen: listen.clone(),
+        control_socket: control_socket.clone(),
         connections: AtomicUsize::new(0),
         per_source: Mutex::new(HashMap::new()),
         users_write: tokio::sync::Mutex::new(()),
@@ -311,7 +359,7 @@ pub async fn run(startup: Startup) -> Result<(), String> {
     tokio::spawn(notify::watchdog(watchdog, shutdown.clone()));
 
     if let Some(f) = on_bound {
-        f(&listen)?;
+        f(&listen, &control_socket)?;
     }
     let addrs: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
     tracing::info!(listen = %addrs.join(", "), "sockd {} ready: {}", env!("CARGO_PKG_VERSION"), shared.status_line());
@@ -320,8 +368,9 @@ pub async fn run(startup: Startup) -> Result<(), String> {
     wait_for_stop(&shared).await;
     drain(&shared, &trigger).await;
     shared.plugins().shutdown();
-    let socket = shared.config().control.socket.clone();
-    let _ = std::fs::remove_file(socket);
+    if control_bound_here {
+        let _ = std::fs::remove_file(&control_socket);
+    }
     tracing::info!("sockd stopped");
     Ok(())
 }

@@ -280,6 +280,22 @@ fn plugin_failed_at_startup_can_be_reloaded_once_fixed() {
 }
 
 #[test]
+fn plugin_refusals_carry_the_reason_it_logged() {
+    let d = dirs();
+    testkit(d.plugins.path(), "libsockd_testkit.so");
+    let failing = config(
+        d.plugins.path(),
+        OnPluginError::Skip,
+        &[("testkit", "libsockd_testkit.so", "fail_init = \"true\"")],
+    );
+    let host = PluginHost::load(&failing, d.state.path()).expect("skip");
+    let i = info(&host, "testkit");
+    assert_eq!(i.state, "failed");
+    let error = i.error.unwrap_or_default();
+    assert!(error.contains("fail_init is set"), "{error}");
+}
+
+#[test]
 fn plugin_lifecycle_hooks_reach_the_plugin() {
     let d = dirs();
     let marker = d.state.path().join("events");

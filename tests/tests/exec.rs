@@ -496,6 +496,24 @@ fn reload_applies_new_settings() {
     let out = d.run(&["reload"]);
     assert_eq!(out.code(), 0, "{}", out.stderr_text());
     assert_eq!(exec(&d, &["--", "true"]).code(), 126);
+
+    // A typo in the plugin's table: the reload says which plugin refused
+    // and why, and the plugin keeps the policy it had.
+    std::fs::write(
+        d.path("sockd.toml"),
+        exec_config("[plugins.exec.users.demo]\nalow = \"any\"\n"),
+    )
+    .unwrap();
+    let out = d.run(&["reload"]);
+    assert_ne!(out.code(), 0);
+    let err = out.stderr_text();
+    assert!(err.contains("reload incomplete"), "{err}");
+    assert!(
+        err.contains("plugin \"exec\" rejected its new settings and keeps its previous ones"),
+        "{err}"
+    );
+    assert!(err.contains("alow"), "the plugin's reason is shown: {err}");
+    assert_eq!(exec(&d, &["--", "true"]).code(), 126);
 }
 
 #[test]

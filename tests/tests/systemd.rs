@@ -133,8 +133,15 @@ fn socket_activation_by_name() {
         format!("127.0.0.1:{port}"),
         "uses the inherited TLS socket, not the configured one"
     );
+    assert_eq!(
+        s["control_socket"],
+        control.to_str().unwrap(),
+        "reports the inherited control socket, not the configured one"
+    );
     let client = dir.path().join("client.toml");
     assert!(wait_until(Duration::from_secs(20), || client.exists()));
+    let written = std::fs::read_to_string(&client).unwrap();
+    assert!(written.contains(control.to_str().unwrap()), "{written}");
     let ping = Command::new(bin("sockctl"))
         .env("SOCKCTL_CONFIG", &client)
         .arg("ping")
@@ -143,6 +150,10 @@ fn socket_activation_by_name() {
     assert_eq!(ping.code(), 0, "{}", ping.stderr_text());
     drop(guard);
     let _ = activator.wait();
+    assert!(
+        control.exists(),
+        "the socket unit's control socket is left in place for the next start"
+    );
 }
 
 /// Kills a process (and so its exec'd sockd) when the test ends, pass or fail.

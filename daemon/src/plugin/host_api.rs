@@ -15,6 +15,7 @@
 use crate::channel::{Channel, ChannelError, ChannelTable, ReadOutcome};
 use crate::session::Sessions;
 use sockd_plugin::sys::{self, SockdHost};
+use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +78,21 @@ impl HostTable {
     }
 }
 
+thread_local! {
+    /// The last error a plugin logged on this thread. `init` and
+    /// `configure` run on the caller's thread, so this is the reason a
+    /// refusal gives (a plugin can only return a code).
+    static LAST_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a call into `init` or `configure`) and returns its result with
+/// the last error the plugin logged on this thread meanwhile.
+pub fn with_logged_error<T>(f: impl FnOnce() -> T) -> (T, Option<String>) {
+    LAST_ERROR.with(|e| e.borrow_mut().take());
+    let result = f();
+    (result, LAST_ERROR.with(|e| e.borrow_mut().take()))
+}
+
 /// Runs `f`, turning a panic into `on_panic` so it never crosses into C.
 fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or(on_panic)
@@ -135,7 +151,10 @@ unsafe extern "C" fn host_log(host: *const SockdHost, level: u32, msg: *const u8
         let msg = String::from_utf8_lossy(msg);
         let msg = msg.trim_end();
         match level {
-            sys::SOCKD_LOG_ERROR => tracing::error!(plugin, "{msg}"),
+            sys::SOCKD_LOG_ERROR => {
+                tracing::error!(plugin, "{msg}");
+                LAST_ERROR.with(|e| *e.borrow_mut() = Some(msg.to_string()));
+            }
             sys::SOCKD_LOG_WARN => tracing::warn!(plugin, "{msg}"),
             sys::SOCKD_LOG_INFO => tracing::info!(plugin, "{msg}"),
             _ => tracing::debug!(plugin, "{msg}"),

@@ -23,7 +23,7 @@
 //! code. Unmapping any of that is a crash waiting to happen, so every
 //! `Library` is leaked on purpose; a reload costs one mapping.
 
-use super::host_api::HostTable;
+use super::host_api::{self, HostTable};
 use crate::config::{PluginEntry, valid_plugin_name};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use sockd_plugin::sys::{self, SockdPlugin, SockdStr};
@@ -125,18 +125,21 @@ impl Build {
     }
 
     /// Calls `configure` with a new settings text; `Ok` if the plugin has
-    /// no `configure` entry.
-    pub fn configure(&self, config: &str) -> Result<(), i32> {
+    /// no `configure` entry. The error names the code and, when the plugin
+    /// logged one, its reason.
+    pub fn configure(&self, config: &str) -> Result<(), String> {
         let Some(configure) = self.desc.configure else {
             return Ok(());
         };
-        // SAFETY: configure comes from a validated descriptor; state is what
-        // init returned; the config bytes outlive the call.
-        let code = unsafe { configure(self.state, SockdStr::from_slice(config.as_bytes())) };
+        let (code, reason) = host_api::with_logged_error(|| {
+            // SAFETY: configure comes from a validated descriptor; state is
+            // what init returned; the config bytes outlive the call.
+            unsafe { configure(self.state, SockdStr::from_slice(config.as_bytes())) }
+        });
         if code == sys::SOCKD_OK {
             Ok(())
         } else {
-            Err(code)
+            Err(refusal("configure", code, reason))
         }
     }
 
@@ -564,27 +567,22 @@ fn init(
     })?;
     let host = HostTable::leak(name);
     let mut state: *mut c_void = std::ptr::null_mut();
-    // SAFETY: init comes from a validated descriptor; the host table is
-    // leaked (valid forever), the config bytes outlive the call and `state`
-    // is a valid out-pointer.
-    let code = unsafe {
-        (c.init)(
-            host.as_raw(),
-            SockdStr::from_slice(config.as_bytes()),
-            &mut state,
-        )
-    };
+    let (code, reason) = host_api::with_logged_error(|| {
+        // SAFETY: init comes from a validated descriptor; the host table is
+        // leaked (valid forever), the config bytes outlive the call and
+        // `state` is a valid out-pointer.
+        unsafe {
+            (c.init)(
+                host.as_raw(),
+                SockdStr::from_slice(config.as_bytes()),
+                &mut state,
+            )
+        }
+    });
     if code != sys::SOCKD_OK {
-        let what = match code {
-            sys::SOCKD_E_PANICKED => "panicked".to_string(),
-            n => u16::try_from(n).map_or_else(
-                |_| "unknown code".to_string(),
-                |n| ErrorCode::from_u16(n).slug().to_string(),
-            ),
-        };
         return Err((
             format!("init failed with code {code}"),
-            Some(format!("init returned {code} ({what})")),
+            Some(refusal("init", code, reason)),
         ));
     }
     Ok(Build {
@@ -601,6 +599,22 @@ fn init(
         shut_down: AtomicBool::new(false),
         panics: AtomicU32::new(0),
     })
+}
+
+/// Why `init` or `configure` refused: the code, its name and the error the
+/// plugin logged, if any.
+fn refusal(function: &str, code: i32, reason: Option<String>) -> String {
+    let what = match code {
+        sys::SOCKD_E_PANICKED => "panicked".to_string(),
+        n => u16::try_from(n).map_or_else(
+            |_| "unknown code".to_string(),
+            |n| ErrorCode::from_u16(n).slug().to_string(),
+        ),
+    };
+    match reason {
+        Some(reason) => format!("{function} returned {code} ({what}): {reason}"),
+        None => format!("{function} returned {code} ({what})"),
+    }
 }
 
 /// Refuses a file or directory that others could have written: it must be

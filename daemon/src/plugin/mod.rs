@@ -359,9 +359,9 @@ impl PluginHost {
                     continue;
                 }
             };
-            if let Err(code) = build.configure(&text) {
+            if let Err(why) = build.configure(&text) {
                 errors.push(format!(
-                    "plugin \"{name}\" rejected its new settings (configure returned {code})"
+                    "plugin \"{name}\" rejected its new settings and keeps its previous ones: {why}"
                 ));
             }
         }
