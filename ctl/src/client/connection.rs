@@ -7,7 +7,7 @@ use super::channel::{ChannelHandle, ChannelShared};
 use super::config::Settings;
 use super::error::ClientError;
 use super::tls;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, Stream, StreamExt};
 use sockd_proto::auth::CHANNEL_BINDING_LABEL;
@@ -15,6 +15,7 @@ use sockd_proto::frame::{DEFAULT_MAX_FRAME, FRAME_OVERHEAD, FrameError, MIN_MAX_
 use sockd_proto::message::{MAX_ARGS, PROTOCOL_VERSION};
 use sockd_proto::{ErrorCode, Frame, FrameCodec, Hello, Message};
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -22,8 +23,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
+
 use tokio_rustls::client::TlsStream;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Encoder, Framed};
 
 /// The credit sockctl grants the server on each channel.
 pub const WINDOW: u32 = 1 << 20;
@@ -182,9 +184,36 @@ impl Client {
             .map_err(|e| connect_error(&settings.server, &e))?;
         let _ = tcp.set_nodelay(true);
 
+        // HELLO and AUTH_START are queued before the handshake, so that
+        // rustls sends them in the same write as the client's Finished
+        // (never before: it holds application data until the server's
+        // certificate is verified and the traffic keys exist). AUTH_START
+        // is far below the minimum frame size every server accepts, so it
+        // needs nothing from the server's HELLO.
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            max_frame: DEFAULT_MAX_FRAME,
+            window: WINDOW,
+            software: format!("sockctl {}", env!("CARGO_PKG_VERSION")),
+            identity: String::new(),
+            capabilities: Vec::new(),
+        };
+        let (start, client_nonce) = auth::auth_start(&settings.user, &settings.secret)?;
+        let mut first_flight = BytesMut::new();
+        let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
+        for message in [Message::Hello(hello), start] {
+            codec
+                .encode(message, &mut first_flight)
+                .map_err(|e| ClientError::failure(format!("cannot encode {e}")))?;
+        }
+        let queue_first_flight = move |conn: &mut tokio_rustls::rustls::ClientConnection| {
+            // Buffered in memory, within rustls' default 64 KiB limit.
+            let _ = conn.writer().write_all(&first_flight);
+        };
+
         let tls = match tokio::time::timeout(
             limit,
-            TlsConnector::from(tls_config).connect(server_name, tcp),
+            TlsConnector::from(tls_config).connect_with(server_name, tcp, queue_first_flight),
         )
         .await
         {
@@ -226,24 +255,7 @@ impl Client {
                 ClientError::failure(format!("cannot derive the TLS channel binding: {e}"))
             })?;
 
-        let mut io: Transport = Framed::new(tls, FrameCodec::new(DEFAULT_MAX_FRAME));
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            max_frame: DEFAULT_MAX_FRAME,
-            window: WINDOW,
-            software: format!("sockctl {}", env!("CARGO_PKG_VERSION")),
-            identity: String::new(),
-            capabilities: Vec::new(),
-        };
-        // HELLO and AUTH_START leave together: AUTH_START is far below the
-        // minimum frame size every server accepts, so it needs nothing from
-        // the server's HELLO.
-        let (start, client_nonce) = auth::auth_start(&settings.user, &settings.secret)?;
-        let lost = |e| ClientError::connect(format!("connection to {} lost: {e}", settings.server));
-        io.feed(Message::Hello(hello).encode())
-            .await
-            .map_err(lost)?;
-        io.send(start.encode()).await.map_err(lost)?;
+        let mut io: Transport = Framed::new(tls, codec);
         let server = match next_message(&mut io, limit, "the server's HELLO").await? {
             Message::Hello(h) => h,
             other => {
