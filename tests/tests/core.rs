@@ -99,6 +99,26 @@ fn key_file_user_and_cli_overrides() {
     // Refuses to overwrite an existing key file.
     let out = d.run(&["user", "add", "carol", "--key-file", key.to_str().unwrap()]);
     assert_ne!(out.code(), 0);
+    // A key the daemon refused is removed; one whose fate is unknown (no
+    // answer) is kept, with what to do next.
+    let refused = d.path("bob2.key");
+    let out = d.run(&["user", "add", "bob", "--key-file", refused.to_str().unwrap()]);
+    assert_ne!(out.code(), 0);
+    assert!(!refused.exists(), "{}", out.stderr_text());
+    let unanswered = d.path("erin.key");
+    let nowhere = d.path("no-such.sock");
+    let out = d.run(&[
+        "--socket",
+        nowhere.to_str().unwrap(),
+        "user",
+        "add",
+        "erin",
+        "--key-file",
+        unanswered.to_str().unwrap(),
+    ]);
+    assert_ne!(out.code(), 0);
+    assert!(unanswered.exists());
+    assert!(out.stderr_text().contains("is kept"), "{}", out.stderr_text());
     let out = d.run(&["--user", "bob", "--key-file", key.to_str().unwrap(), "ping"]);
     assert_eq!(out.code(), 0, "{}", out.stderr_text());
     let list = d.run(&["user", "list", "--json"]);

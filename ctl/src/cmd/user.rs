@@ -141,11 +141,28 @@ async fn add(ctx: &Context, args: AddArgs) -> Result<u8, ClientError> {
     let reply = match crate::client::control::request(socket, &request).await {
         Ok(reply) => reply,
         Err(e) => {
-            // The new key is useless if the daemon did not take it.
-            if let Some(path) = &created {
+            let Some(path) = &created else {
+                return Err(e);
+            };
+            // A refusal means the daemon did not take the key: it is
+            // useless. Without an answer, the daemon may have saved the user
+            // before the connection broke: deleting the key would leave a
+            // user nobody can log in as.
+            if e.code().is_some() {
                 let _ = std::fs::remove_file(path);
+                return Err(e);
             }
-            return Err(e);
+            return Err(ClientError::new(
+                e.status(),
+                format!(
+                    "{}; the key file {} is kept: the daemon may have added the user before \
+                     the answer was lost. Check with `sockctl user list`; if {} is there, \
+                     the key is theirs; if not, delete the key file and run this again",
+                    e.message(),
+                    path.display(),
+                    args.name
+                ),
+            ));
         }
     };
     let verb = if args.replace {
