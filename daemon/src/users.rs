@@ -82,6 +82,31 @@ pub fn credential_to_record(c: &StoredCredential) -> CredentialRecord {
     }
 }
 
+/// The users file is written to `.users.toml.PID`, then renamed.
+const TEMP_PREFIX: &str = ".users.toml.";
+
+/// Removes the temporary files of writers that no longer run: a process
+/// killed between writing and renaming leaves one, a copy of the stored
+/// credentials that nothing would ever remove.
+fn remove_stale_temporaries(dir: &Path) {
+    // Without /proc, a live writer cannot be told from a dead one.
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl Users {
     /// Loads the users file; a missing file means no users.
     pub fn load(path: &Path) -> Result<Self, String> {
@@ -115,18 +140,27 @@ impl Users {
         };
         let text = toml::to_string(&file).map_err(std::io::Error::other)?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(".users.toml.{}", std::process::id()));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(b"# sockd users: written by `sockctl user add/del`; holds no secrets.\n")?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        let tmp = dir.join(format!("{TEMP_PREFIX}{}", std::process::id()));
+        let written = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(b"# sockd users: written by `sockctl user add/del`; holds no secrets.\n")?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = written {
+            // A full disk, say: leave no half-written copy taking its space.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::File::open(dir)?.sync_all()?;
+        remove_stale_temporaries(dir);
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<&StoredCredential> {
@@ -179,6 +213,21 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn temporaries_of_dead_writers_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process has an id beyond pid_max (at most 2^22); 1 always runs.
+        let dead = dir.path().join(".users.toml.99999999");
+        let live = dir.path().join(".users.toml.1");
+        std::fs::write(&dead, "left by a killed writer").unwrap();
+        std::fs::write(&live, "being written").unwrap();
+        Users::default()
+            .save(&dir.path().join("users.toml"))
+            .unwrap();
+        assert!(!dead.exists());
+        assert!(live.exists());
     }
 
     #[test]

@@ -919,7 +919,11 @@ impl Drop for Mount {
 
 #[test]
 fn a_full_disk_keeps_partials_for_resuming_and_corrupts_nothing() {
-    let d = Daemon::start_with(Options {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: mounting the small tmpfs this test fills needs root");
+        return;
+    }
+    let mut d = Daemon::start_with(Options {
         config: Some(config("")),
         ..Options::default()
     });
@@ -943,6 +947,34 @@ fn a_full_disk_keeps_partials_for_resuming_and_corrupts_nothing() {
     let back = tempfile::tempdir().unwrap();
     ok(&run_in(&d, back.path(), &["get", "small"]));
     assert_eq!(std::fs::read(back.path().join("small")).unwrap(), small);
+    // A new version that does not fit leaves the old one under its name.
+    let newer = write_random(&local.path().join("small-v2"), 2 * MIB, 13);
+    fails(
+        &run_in(&d, local.path(), &["put", "-f", "small-v2", "small"]),
+        16,
+        "no space left on the server's disk",
+    );
+    assert_eq!(std::fs::read(home(&d).join("small")).unwrap(), small);
+    // Other users, whose homes are elsewhere, are served meanwhile.
+    let key = d.path("alice.key").display().to_string();
+    ok(&d.run(&["user", "add", "alice", "--key-file", &key]));
+    let alice = ["--user", "alice", "--key-file", key.as_str()];
+    ok(&run_in(
+        &d,
+        local.path(),
+        &[&alice[..], &["put", "big"]].concat(),
+    ));
+    ok(&run_in(
+        &d,
+        back.path(),
+        &[&alice[..], &["get", "big"]].concat(),
+    ));
+    assert_eq!(std::fs::read(back.path().join("big")).unwrap(), big);
+    std::fs::remove_file(back.path().join("big")).unwrap();
+    // sockd killed while the disk is full starts again with everything kept.
+    d.restart_after_kill();
+    assert_eq!(d.run(&["ls"]).stdout_text(), "small\n");
+    assert!(size_of(&home(&d).join(".big.sockd-partial")) > 0);
 
     disk.resize("16m");
     let out = run_in(&d, local.path(), &["put", "big"]);
@@ -953,6 +985,17 @@ fn a_full_disk_keeps_partials_for_resuming_and_corrupts_nothing() {
         out.stderr_text()
     );
     assert_eq!(std::fs::read(home(&d).join("big")).unwrap(), big);
+    ok(&run_in(
+        &d,
+        local.path(),
+        &["put", "-f", "small-v2", "small"],
+    ));
+    assert_eq!(std::fs::read(home(&d).join("small")).unwrap(), newer);
+    assert!(
+        leftovers(&home(&d)).is_empty(),
+        "{:?}",
+        leftovers(&home(&d))
+    );
 
     // And on this side: get into a full local disk.
     let full = Mount::new(&back.path().join("full"), "2m");

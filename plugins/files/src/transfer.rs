@@ -141,6 +141,16 @@ pub fn put(ctx: &Ctx<'_>, args: &[&str]) -> Result<(), Failure> {
         ));
     };
     let dir = ctx.jail.open_dir(&parent, path)?;
+    let (partial_name, meta_name) = partial_names(name);
+    let dir_st = rustix::fs::fstat(&dir).map_err(|e| failure(path, e))?;
+    let Some(_active) = claim(ctx, (dir_st.st_dev, dir_st.st_ino, partial_name.clone())) else {
+        return Err(Failure::new(
+            Code::Busy,
+            format!("{path}: another upload to this file is in progress"),
+        ));
+    };
+    // Only now: the upload this one waited for (a re-run's interrupted
+    // predecessor) may just have given the file its name.
     let existing = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) if jail::is_dir(&st) => {
             return Err(Failure::new(
@@ -157,14 +167,6 @@ pub fn put(ctx: &Ctx<'_>, args: &[&str]) -> Result<(), Failure> {
         Ok(_) => true,
         Err(Errno::NOENT) => false,
         Err(e) => return Err(failure(path, e)),
-    };
-    let (partial_name, meta_name) = partial_names(name);
-    let dir_st = rustix::fs::fstat(&dir).map_err(|e| failure(path, e))?;
-    let Some(_active) = claim(ctx, (dir_st.st_dev, dir_st.st_ino, partial_name.clone())) else {
-        return Err(Failure::new(
-            Code::Busy,
-            format!("{path}: another upload to this file is in progress"),
-        ));
     };
     ctx.quota.sweep_dir(dir.as_fd(), ctx.settings.partial_ttl());
 
