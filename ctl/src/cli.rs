@@ -60,6 +60,10 @@ fn parse_pin(s: &str) -> Result<Pin, String> {
 /// Runs the parsed command line; returns the exit status. Errors are
 /// printed as `sockctl: <message>`.
 pub async fn run(cli: Cli) -> u8 {
+    // Completions need no config: a broken $SOCKCTL_CONFIG must not stop them.
+    if let Command::Completions(args) = cli.command {
+        return cmd::completions::run(args).unwrap_or_else(|e| report(&e));
+    }
     let result = async {
         let ctx = Context::load(cli.global)?;
         cmd::run(&ctx, cli.command).await

@@ -3,8 +3,9 @@
 //! The connection's async reader feeds client input in with the `on_*`
 //! methods, which never block. A plugin thread consumes it with blocking
 //! [`Channel::read`] and answers with [`Channel::write`], which blocks while
-//! the client's credit is used up, so a slow client stalls its plugin, never
-//! the daemon, and memory per channel is bounded by the two windows.
+//! the client's credit is used up or the connection's outbound backlog is
+//! full ([`crate::outbound`]), so a slow client stalls its plugin, never the
+//! daemon, and memory is bounded whatever window the client grants.
 //!
 //! Plugins name channels by a process-wide `u64` handle (never reused)
 //! looked up in [`ChannelTable`], so a stale handle from a buggy plugin
@@ -16,10 +17,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
-/// Frames queued for the connection's writer task.
-pub type Outbound = mpsc::UnboundedSender<Message>;
+pub use crate::outbound::Outbound;
 
 /// Why a channel operation did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +161,8 @@ impl Channel {
         s.cancelled = true;
         s.inbound.clear();
         self.changed.notify_all();
+        drop(s);
+        self.out.backlog().wake();
     }
 
     pub fn is_finished(&self) -> bool {
@@ -265,6 +266,16 @@ impl Channel {
                 s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
+            if self.out.backlog().is_full() {
+                // The client is not reading: wait for the writer, not
+                // queue more (the backlog's lock is never taken under ours).
+                drop(s);
+                self.out
+                    .backlog()
+                    .wait_for_room_blocking(|| self.is_cancelled() || self.is_finished());
+                s = self.lock();
+                continue;
+            }
             let n = rest.len().min(self.max_chunk).min(s.send_credit as usize);
             s.send_credit -= n as u64;
             self.send_chunk(stream, &rest[..n]);
@@ -281,7 +292,7 @@ impl Channel {
         if s.cancelled {
             return Err(ChannelError::Cancelled);
         }
-        if (data.len() as u64) > s.send_credit {
+        if (data.len() as u64) > s.send_credit || self.out.backlog().is_full() {
             return Err(ChannelError::WouldBlock);
         }
         s.send_credit -= data.len() as u64;
@@ -355,6 +366,7 @@ impl Channel {
         });
         self.changed.notify_all();
         drop(s);
+        self.out.backlog().wake();
         ChannelTable::global().remove(self.handle);
     }
 }
@@ -409,9 +421,10 @@ impl ChannelTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
 
     fn channel(window: u32, credit: u32) -> (Arc<Channel>, mpsc::UnboundedReceiver<Message>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = crate::outbound::channel();
         let owner = Owner {
             session_id: 1,
             user: "u".into(),
@@ -461,6 +474,44 @@ mod tests {
         assert!(matches!(first, Message::Data { ref data, .. } if &data[..] == b"abc"));
         ch.on_credit(100);
         assert_eq!(writer.join().unwrap(), Ok(()));
+    }
+
+    #[test]
+    fn write_waits_while_the_connection_backlog_is_full() {
+        // The client granted plenty of credit but its writer queue is full.
+        let (ch, mut rx) = channel(8, u32::MAX);
+        let (backlog, limit) = (ch.out.backlog().clone(), crate::outbound::LIMIT);
+        let filler = Message::Ping {
+            payload: Bytes::from(vec![0u8; limit as usize]),
+        };
+        ch.out.send(filler).unwrap();
+        assert_eq!(ch.try_write(0, b"x"), Err(ChannelError::WouldBlock));
+        let writer = {
+            let ch = ch.clone();
+            std::thread::spawn(move || ch.write(0, b"abcd"))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!writer.is_finished(), "queues nothing while full");
+        let queued = rx.try_recv().unwrap();
+        assert!(matches!(queued, Message::Ping { .. }));
+        assert!(rx.try_recv().is_err());
+        backlog.written(crate::outbound::weight(&queued));
+        assert_eq!(writer.join().unwrap(), Ok(()));
+        assert!(
+            matches!(rx.try_recv().unwrap(), Message::Data { ref data, .. } if &data[..] == b"abcd")
+        );
+        // Cancelling wakes a writer that waits for room.
+        ch.out
+            .send(Message::Ping {
+                payload: Bytes::from(vec![0u8; limit as usize]),
+            })
+            .unwrap();
+        let writer = {
+            let ch = ch.clone();
+            std::thread::spawn(move || ch.write(0, b"efgh"))
+        };
+        ch.cancel();
+        assert_eq!(writer.join().unwrap(), Err(ChannelError::Cancelled));
     }
 
     #[test]

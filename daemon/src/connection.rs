@@ -227,11 +227,13 @@ async fn run_session(
     let peer = link.peer;
     let max_chunk = FrameCodec::max_data_chunk(link.framed.codec().max_send());
     let (mut sink, mut stream) = link.framed.split();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+    let (out_tx, mut out_rx) = crate::outbound::channel();
+    let backlog = out_tx.backlog().clone();
     let (closed_tx, mut closed_rx) = mpsc::unbounded_channel::<u32>();
 
     // The writer batches whatever is queued into one flush, and tells the
     // reader when a channel's CLOSE has gone out.
+    let written = backlog.clone();
     let writer = tokio::spawn(async move {
         while let Some(first) = out_rx.recv().await {
             let mut next = Some(first);
@@ -240,9 +242,11 @@ async fn run_session(
                     Message::Close { channel, .. } => Some(*channel),
                     _ => None,
                 };
+                let weight = crate::outbound::weight(&m);
                 if sink.feed(m).await.is_err() {
                     return;
                 }
+                written.written(weight);
                 if let Some(id) = closed {
                     let _ = closed_tx.send(id);
                 }
@@ -275,8 +279,12 @@ async fn run_session(
     };
 
     loop {
+        // While the client leaves our frames unread, read none of its own:
+        // what it asks for would only queue up here (see crate::outbound).
+        let backlog_full = backlog.is_full();
         tokio::select! {
-            frame = stream.next() => {
+            () = backlog.wait_for_room(), if backlog_full => {}
+            frame = stream.next(), if !backlog_full => {
                 idle_deadline = Instant::now() + idle;
                 let message = match frame {
                     None => break,
@@ -379,7 +387,10 @@ async fn run_session(
                     }
                 }
             }
-            Some(id) = closed_rx.recv() => {
+            closed = closed_rx.recv() => {
+                // None: the writer failed, the client can no longer hear
+                // us (and a full backlog would never drain).
+                let Some(id) = closed else { break };
                 channels.remove(&id);
                 session.close_operation(id);
                 if going_away && channels.is_empty() {

@@ -57,7 +57,8 @@ file = "libsockd_files.so"
 file = "libsockd_chat.so"
 "#;
 
-fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
+/// Creates `path` with `mode`; fails if it exists.
+pub(crate) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -86,16 +87,9 @@ pub fn prepare(dir: &Path) -> Result<PathBuf, String> {
             "127.0.0.1".to_string(),
             "::1".to_string(),
         ];
-        let generated = rcgen::generate_simple_self_signed(names)
-            .map_err(|e| format!("cannot create a certificate: {e}"))?;
         let _ = std::fs::remove_file(&cert);
         let _ = std::fs::remove_file(&key);
-        write_new(
-            &key,
-            generated.signing_key.serialize_pem().as_bytes(),
-            0o600,
-        )?;
-        write_new(&cert, generated.cert.pem().as_bytes(), 0o644)?;
+        crate::gen_cert::write_self_signed(&cert, &key, names)?;
     }
     let state = dir.join("state");
     std::fs::create_dir_all(&state).map_err(|e| format!("{}: {e}", state.display()))?;

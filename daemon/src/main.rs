@@ -12,9 +12,13 @@ use std::process::ExitCode;
 #[command(
     name = "sockd",
     version,
-    about = "TLS remote-access daemon with authenticated plugins"
+    about = "TLS remote-access daemon with authenticated plugins",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Configuration file.
     #[arg(
         long,
@@ -40,6 +44,12 @@ struct Args {
     check_config: bool,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Create a self-signed TLS certificate and key (never replaces files)
+    GenCert(sockd::gen_cert::GenCertArgs),
+}
+
 /// Frames are copied into fresh buffers of up to 256 KiB, freed on another
 /// thread. Above glibc's default mmap threshold each one would be an mmap
 /// and munmap, and trimming would return freed memory only to fault it in
@@ -54,10 +64,17 @@ fn keep_freed_memory() {
     }
 }
 
-fn main() -> ExitCode {
+// `pub`: the sockd-debug-hooks binary (src/bin/) is this file as a module.
+pub fn main() -> ExitCode {
     keep_freed_memory();
-    let args = Args::parse();
-    match start(args) {
+    let mut args = Args::parse();
+    let result = match args.command.take() {
+        Some(Command::GenCert(gen_args)) => {
+            sockd::gen_cert::run(gen_args).map(|text| print!("{text}"))
+        }
+        None => start(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sockd: {e}");
@@ -125,6 +142,8 @@ fn start(mut args: Args) -> Result<(), String> {
         .thread_name("sockd-rt")
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    #[cfg(feature = "debug-hooks")]
+    sockd::debug_hooks::install(&runtime)?;
     runtime.block_on(server::run(Startup {
         config,
         config_path,

@@ -426,16 +426,26 @@ async fn drain(shared: &Arc<Shared>, trigger: &Trigger) {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown) {
     let mut backoff = Duration::from_millis(5);
+    let mut spare = SpareDescriptor::open();
+    let mut failures = AcceptFailures::default();
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => { backoff = Duration::from_millis(5); x }
+                Ok(x) => {
+                    backoff = Duration::from_millis(5);
+                    failures.recovered();
+                    x
+                }
                 Err(e) => {
-                    // EMFILE and friends: keep serving existing connections,
-                    // retry accepting a little later.
-                    tracing::error!("accept failed: {e}; retrying in {} ms", backoff.as_millis());
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    // Out of descriptors, the waiting client would hang in
+                    // the backlog: refuse it at once with the spare
+                    // descriptor. Existing connections are served on.
+                    let refused = is_out_of_descriptors(&e) && spare.refuse_one(&listener);
+                    failures.failed(&e, refused);
+                    if !refused {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
                     continue;
                 }
             },
@@ -458,6 +468,118 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: S
             crate::connection::serve(tcp, peer, shared.clone(), shutdown).await;
             shared.release(peer.ip());
         });
+    }
+}
+
+fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE)
+    )
+}
+
+/// A descriptor kept in reserve (`/dev/null`) for the open-file limit:
+/// closing it frees one slot, enough to accept the waiting connection
+/// and close it, so the client learns at once that it was refused.
+struct SpareDescriptor(Option<std::fs::File>);
+
+impl SpareDescriptor {
+    fn open() -> SpareDescriptor {
+        SpareDescriptor(std::fs::File::open("/dev/null").ok())
+    }
+
+    /// Accepts one waiting connection and closes it; false if none could
+    /// be (no spare, nothing waiting, or the freed slot was taken).
+    fn refuse_one(&mut self, listener: &TcpListener) -> bool {
+        use futures_util::FutureExt;
+        if self.0.take().is_none() {
+            *self = Self::open();
+            return false;
+        }
+        let refused = matches!(listener.accept().now_or_never(), Some(Ok(_)));
+        *self = Self::open();
+        refused
+    }
+}
+
+/// How often a listener that keeps failing is reported.
+const ACCEPT_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Accept failures, logged so that the log says what happened and what
+/// to do, but at most once per [`ACCEPT_REPORT_EVERY`]: at the descriptor
+/// limit every connection attempt fails.
+#[derive(Default)]
+struct AcceptFailures {
+    last_report: Option<Instant>,
+    /// Failures and refused connections since the last report.
+    failed: u64,
+    refused: u64,
+    /// Connections refused since accepting last worked.
+    refused_total: u64,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, e: &std::io::Error, refused: bool) {
+        self.failed += 1;
+        if refused {
+            self.refused += 1;
+            self.refused_total += 1;
+        }
+        if self
+            .last_report
+            .is_some_and(|at| at.elapsed() < ACCEPT_REPORT_EVERY)
+        {
+            return;
+        }
+        let since_last = match self.last_report {
+            None => String::new(),
+            Some(at) => format!(
+                " ({} failures, {} connections refused in the last {} s)",
+                self.failed,
+                self.refused,
+                at.elapsed().as_secs()
+            ),
+        };
+        match e.raw_os_error() {
+            Some(nix::libc::EMFILE) => tracing::error!(
+                "too many open files (limit {}): refusing new connections, existing ones are served on{since_last}; \
+                 raise the limit (LimitNOFILE= in the systemd unit, ulimit -n) or lower [server] max_connections",
+                open_file_limit()
+            ),
+            Some(nix::libc::ENFILE) => tracing::error!(
+                "the system's open file table is full: refusing new connections, existing ones are served on{since_last}; \
+                 raise fs.file-max or find what holds the files"
+            ),
+            _ => tracing::error!("accept failed: {e}; retrying{since_last}"),
+        }
+        self.last_report = Some(Instant::now());
+        self.failed = 0;
+        self.refused = 0;
+    }
+
+    fn recovered(&mut self) {
+        if self.last_report.take().is_some() {
+            tracing::warn!(
+                "accepting connections again ({} were refused meanwhile)",
+                self.refused_total
+            );
+        }
+        *self = Self::default();
+    }
+}
+
+/// The soft RLIMIT_NOFILE, read without opening a file (at the limit
+/// there is none to open).
+fn open_file_limit() -> String {
+    let mut limit = nix::libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the valid local it is given.
+    if unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.to_string()
+    } else {
+        "unknown".into()
     }
 }
 

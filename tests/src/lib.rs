@@ -279,3 +279,40 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Builds the Debian package with packaging/build-deb.sh from the debug
+/// build (`SOCKD_DEB_PROFILE=dev`: the tests check what the package holds
+/// and does, not the speed of its binaries) and returns its path. Fails
+/// with what to install when cargo-deb is missing.
+pub fn build_deb() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let have_cargo_deb = Command::new(&cargo)
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        have_cargo_deb,
+        "cargo-deb is not installed: run `cargo install cargo-deb --locked` (.ci/run does)"
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // --fast: lighter compression, same contents.
+    let out = Command::new(root.join("packaging/build-deb.sh"))
+        .arg("--fast")
+        .env("CARGO", &cargo)
+        .env("SOCKD_DEB_PROFILE", "dev")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run packaging/build-deb.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "packaging/build-deb.sh failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = PathBuf::from(stdout.trim().lines().last().unwrap_or_default());
+    assert!(
+        path.extension().is_some_and(|e| e == "deb") && path.is_file(),
+        "build-deb.sh printed no .deb path:\n{stdout}"
+    );
+    path
+}

@@ -102,7 +102,13 @@ fn key_file_user_and_cli_overrides() {
     // A key the daemon refused is removed; one whose fate is unknown (no
     // answer) is kept, with what to do next.
     let refused = d.path("bob2.key");
-    let out = d.run(&["user", "add", "bob", "--key-file", refused.to_str().unwrap()]);
+    let out = d.run(&[
+        "user",
+        "add",
+        "bob",
+        "--key-file",
+        refused.to_str().unwrap(),
+    ]);
     assert_ne!(out.code(), 0);
     assert!(!refused.exists(), "{}", out.stderr_text());
     let unanswered = d.path("erin.key");
@@ -118,7 +124,11 @@ fn key_file_user_and_cli_overrides() {
     ]);
     assert_ne!(out.code(), 0);
     assert!(unanswered.exists());
-    assert!(out.stderr_text().contains("is kept"), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("is kept"),
+        "{}",
+        out.stderr_text()
+    );
     let out = d.run(&["--user", "bob", "--key-file", key.to_str().unwrap(), "ping"]);
     assert_eq!(out.code(), 0, "{}", out.stderr_text());
     let list = d.run(&["user", "list", "--json"]);

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod call;
 pub mod chat;
+pub mod completions;
 pub mod exec;
 pub mod files;
 pub mod ping;
@@ -51,6 +52,8 @@ pub enum Command {
     /// Manage plugins (control socket)
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Print a shell completion script (bash, zsh, fish)
+    Completions(completions::CompletionsArgs),
 }
 
 /// Runs one command; returns the exit status.
@@ -68,6 +71,7 @@ pub async fn run(ctx: &Context, command: Command) -> Result<u8, ClientError> {
         Command::User(command) => user::run(ctx, command).await,
         Command::Plugins(args) => plugin::list(ctx, args).await,
         Command::Plugin(command) => plugin::run(ctx, command).await,
+        Command::Completions(args) => completions::run(args),
     }
 }
 

@@ -314,7 +314,7 @@ mod tests {
         user: &str,
         credit: u32,
     ) -> (Arc<Channel>, mpsc::UnboundedReceiver<Message>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = crate::outbound::channel();
         let owner = Owner {
             session_id: 7,
             user: user.into(),

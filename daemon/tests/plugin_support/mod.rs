@@ -174,6 +174,8 @@ pub fn dirs() -> Dirs {
 pub struct Client {
     pub channel: Arc<Channel>,
     rx: mpsc::UnboundedReceiver<Message>,
+    /// Told what was taken out, as the connection's writer does.
+    backlog: Arc<sockd::outbound::Backlog>,
 }
 
 /// What the client saw when the call closed.
@@ -206,7 +208,8 @@ pub fn start(
     args: &[&str],
     send_credit: u32,
 ) -> Result<Client, (ErrorCode, String)> {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = sockd::outbound::channel();
+    let backlog = tx.backlog().clone();
     let plugin = host.plugin_for(command).unwrap_or_default();
     let owner = Owner {
         session_id: session.id,
@@ -226,7 +229,11 @@ pub fn start(
             .collect(),
     };
     match host.start_call(req) {
-        Ok(()) => Ok(Client { channel, rx }),
+        Ok(()) => Ok(Client {
+            channel,
+            rx,
+            backlog,
+        }),
         Err(e) => {
             channel.finish(e.0, &e.1);
             Err(e)
@@ -250,7 +257,10 @@ impl Client {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match self.rx.try_recv() {
-                Ok(m) => return m,
+                Ok(m) => {
+                    self.backlog.written(sockd::outbound::weight(&m));
+                    return m;
+                }
                 Err(mpsc::error::TryRecvError::Empty) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5))
                 }

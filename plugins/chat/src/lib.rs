@@ -11,10 +11,13 @@
 //! guide in docs/CHAT.md.
 
 mod calls;
-mod config;
+// Public only for the fuzz targets (fuzz/); not an API.
+#[doc(hidden)]
+pub mod config;
 mod rate;
 mod store;
-mod wire;
+#[doc(hidden)]
+pub mod wire;
 
 use config::Settings;
 use rate::RateLimiter;

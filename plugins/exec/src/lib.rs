@@ -14,10 +14,13 @@
 //!
 //! The wire format is in [`request`] and docs/EXEC.md.
 
-mod config;
+// Public only for the fuzz targets (fuzz/); not an API.
+#[doc(hidden)]
+pub mod config;
 mod fdio;
 mod process;
-mod request;
+#[doc(hidden)]
+pub mod request;
 mod tree;
 
 use config::Config;

@@ -147,7 +147,7 @@ pub struct Lines {
     skipping: bool,
 }
 
-const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = 64 * 1024;
 
 impl Lines {
     pub fn push(&mut self, data: &[u8], mut each: impl FnMut(&[u8])) {

@@ -90,6 +90,20 @@ impl JailPath {
                 }
             }
         }
+        // A short relative path under a deep working directory can still be
+        // too long to name: refuse it here, so every JailPath (a `cd`
+        // target too) can be shown and resolved again. Found by fuzzing.
+        let resolved_len: usize = parts.iter().map(|p| p.len() + 1).sum();
+        if resolved_len > MAX_PATH {
+            return Err(Failure::new(
+                Code::NameTooLong,
+                format!(
+                    "{}: path too long once resolved against the working directory \
+                     ({resolved_len} bytes; at most {MAX_PATH}); use a shorter path or `cd` higher",
+                    shorten(input)
+                ),
+            ));
+        }
         Ok(JailPath { parts })
     }
 
@@ -416,6 +430,33 @@ mod tests {
         assert!(
             resolve("/", "f.sockd-partial").is_ok(),
             "only hidden names are reserved"
+        );
+    }
+
+    /// Found by the `jail_resolve` fuzz target: a relative path under a
+    /// deep working directory resolved to a path longer than MAX_PATH,
+    /// which could then never be named again (its own `/a/b` form was
+    /// refused).
+    #[test]
+    fn resolved_paths_can_always_be_named_again() {
+        let deep = format!("/{}", vec!["d".repeat(200); 20].join("/"));
+        let cwd = JailPath::resolve(&JailPath::root(), &deep).unwrap();
+        let e = JailPath::resolve(&cwd, &"x".repeat(100)).unwrap_err();
+        assert_eq!(e.code, Code::NameTooLong);
+        assert!(e.message.contains("once resolved"), "{}", e.message);
+        let fits = JailPath::resolve(&cwd, &"x".repeat(50)).unwrap();
+        assert_eq!(
+            JailPath::resolve(&JailPath::root(), &fits.to_string()),
+            Ok(fits)
+        );
+        // The fuzzer's input had this shape: cwd `/jd`, then a 4093-byte
+        // relative path (fuzz/seeds/jail_resolve/crash-f8e5467f...).
+        let cwd = JailPath::resolve(&JailPath::root(), "jd").unwrap();
+        let input = format!("{}/{}", vec!["y".repeat(250); 16].join("/"), "z".repeat(77));
+        assert_eq!(input.len(), 4093);
+        assert_eq!(
+            JailPath::resolve(&cwd, &input).unwrap_err().code,
+            Code::NameTooLong
         );
     }
 

@@ -15,10 +15,14 @@
 //! session closes. The protocol is documented under `### files` in
 //! docs/PROTOCOL.md, the use in docs/FILES.md.
 
-mod config;
-mod jail;
+// Public only for the fuzz targets (fuzz/); not an API.
+#[doc(hidden)]
+pub mod config;
+#[doc(hidden)]
+pub mod jail;
 mod ops;
-mod protocol;
+#[doc(hidden)]
+pub mod protocol;
 mod quota;
 mod transfer;
 
