@@ -72,16 +72,6 @@ pub fn record_to_credential(r: &CredentialRecord) -> Result<StoredCredential, St
     })
 }
 
-pub fn credential_to_record(c: &StoredCredential) -> CredentialRecord {
-    CredentialRecord {
-        kind: c.kind.name().to_string(),
-        salt: hex::encode(&c.salt),
-        iterations: c.iterations,
-        stored_key: hex::encode(&c.stored_key),
-        server_key: hex::encode(&c.server_key),
-    }
-}
-
 /// The users file is written to `.users.toml.PID`, then renamed.
 const TEMP_PREFIX: &str = ".users.toml.";
 
@@ -135,7 +125,7 @@ impl Users {
             users: self
                 .map
                 .iter()
-                .map(|(n, c)| (n.clone(), credential_to_record(c)))
+                .map(|(n, c)| (n.clone(), CredentialRecord::from(c)))
                 .collect(),
         };
         let text = toml::to_string(&file).map_err(std::io::Error::other)?;

@@ -9,8 +9,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sockd::users::{credential_to_record, record_to_credential, valid_user_name};
-use sockd_proto::control::{Request, Response};
+use sockd::users::{record_to_credential, valid_user_name};
+use sockd_proto::control::{CredentialRecord, Request, Response};
 
 fuzz_target!(|data: &[u8]| {
     // The daemon reads the line into a String: anything else is refused.
@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
         {
             let _ = valid_user_name(name);
             if let Ok(stored) = record_to_credential(credential) {
-                let back = record_to_credential(&credential_to_record(&stored));
+                let back = record_to_credential(&CredentialRecord::from(&stored));
                 assert_eq!(back, Ok(stored));
             }
         }

@@ -45,6 +45,18 @@ pub struct CredentialRecord {
     pub server_key: String,
 }
 
+impl From<&crate::auth::StoredCredential> for CredentialRecord {
+    fn from(c: &crate::auth::StoredCredential) -> Self {
+        CredentialRecord {
+            kind: c.kind.name().to_string(),
+            salt: crate::hex::encode(&c.salt),
+            iterations: c.iterations,
+            stored_key: crate::hex::encode(&c.stored_key),
+            server_key: crate::hex::encode(&c.server_key),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Response {

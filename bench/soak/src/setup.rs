@@ -14,7 +14,6 @@ use sockctl::client::{Client, Config, Overrides, Settings, random_bytes, split_h
 use sockctl::cmd::chat::session::Session;
 use sockd_proto::auth::{KEY_LEN, SALT_LEN, Secret, StoredCredential};
 use sockd_proto::control::{CredentialRecord, Request};
-use sockd_proto::hex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -80,13 +79,7 @@ pub async fn add_user(socket: &Path, user: &str) -> Result<[u8; KEY_LEN], String
     random_bytes(&mut salt).map_err(fail)?;
     // Keys need no key stretching: iterations 0.
     let stored = StoredCredential::new(&Secret::Key(key), salt, 0);
-    let credential = CredentialRecord {
-        kind: stored.kind.name().to_string(),
-        salt: hex::encode(&stored.salt),
-        iterations: stored.iterations,
-        stored_key: hex::encode(&stored.stored_key),
-        server_key: hex::encode(&stored.server_key),
-    };
+    let credential = CredentialRecord::from(&stored);
     let request = Request::UserAdd {
         name: user.to_string(),
         credential,

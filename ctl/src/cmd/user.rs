@@ -13,7 +13,6 @@ use sockd_proto::auth::{
     StoredCredential,
 };
 use sockd_proto::control::{CredentialRecord, Request, UserInfo};
-use sockd_proto::hex;
 use std::io::{BufRead, ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -126,13 +125,7 @@ async fn add(ctx: &Context, args: AddArgs) -> Result<u8, ClientError> {
         tokio::task::spawn_blocking(move || StoredCredential::new(&secret, salt, iterations))
             .await
             .map_err(|e| ClientError::failure(format!("key derivation failed: {e}")))?;
-    let credential = CredentialRecord {
-        kind: stored.kind.name().to_string(),
-        salt: hex::encode(&stored.salt),
-        iterations: stored.iterations,
-        stored_key: hex::encode(&stored.stored_key),
-        server_key: hex::encode(&stored.server_key),
-    };
+    let credential = CredentialRecord::from(&stored);
     let request = Request::UserAdd {
         name: args.name.clone(),
         credential,
