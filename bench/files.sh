@@ -37,27 +37,9 @@ echo "== building release binaries"
 cargo build --release -q -p sockd -p sockctl -p sockd-files
 
 dir=$(mktemp -d "$BENCH_DIR/sockd-files-bench.XXXXXX")
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-
 # shellcheck source=bench/lib/sshd.sh
 . bench/lib/sshd.sh
-start_throwaway_sshd
-SSH=(ssh -q -p "$port" "${SSH_OPTS[@]}" root@127.0.0.1)
-
-# ---- sockd --dev, release ----
-target/release/sockd --dev "$dir/sockd" --listen 127.0.0.1:0 2>"$dir/sockd.log" &
-pids+=($!)
-for _ in $(seq 200); do
-    [ -s "$dir/sockd/client.toml" ] && "${SSH[@]}" true 2>/dev/null && break
-    sleep 0.05
-done
-export SOCKCTL_CONFIG="$dir/sockd/client.toml"
+start_sshd_and_sockd
 SOCKCTL=$PWD/target/release/sockctl
 $SOCKCTL quota >/dev/null || { echo "sockctl quota does not work:"; cat "$dir/sockd.log"; exit 1; }
 home="$dir/sockd/state/home/demo"

@@ -1,8 +1,10 @@
-# Sourced by bench scripts: a throwaway sshd on a free loopback port, with
-# its own config, host key and authorized client key under $dir/ssh.
-# Needs: $dir (a scratch directory), $SSHD (the sshd binary), and a bash
-# array `pids` of processes the caller's cleanup kills.
-# Sets: $port, and SSH_OPTS (ssh/scp/rsync options to log in as root).
+# Sourced by bench scripts that put sockd beside OpenSSH: a throwaway sshd
+# on a free loopback port, with its own config, host key and authorized
+# client key under $dir/ssh, and a release `sockd --dev` in $dir/sockd.
+# Needs: $dir (a scratch directory) and $SSHD (the sshd binary).
+# start_sshd_and_sockd sets $port, SSH_OPTS (ssh/scp/rsync options to log in
+# as root), SSH (the ssh command line) and SOCKCTL_CONFIG, and stops both
+# servers and removes $dir when the script exits.
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -33,4 +35,24 @@ CONF
     pids+=($!)
     SSH_OPTS=(-i "$dir/ssh/client_key" -o BatchMode=yes -o StrictHostKeyChecking=no
               -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ControlMaster=no -o ControlPath=none)
+}
+
+stop_bench_processes() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$dir"
+}
+
+start_sshd_and_sockd() {
+    pids=()
+    trap stop_bench_processes EXIT
+    start_throwaway_sshd
+    SSH=(ssh -q -p "$port" "${SSH_OPTS[@]}" root@127.0.0.1)
+    target/release/sockd --dev "$dir/sockd" --listen 127.0.0.1:0 2>"$dir/sockd.log" &
+    pids+=($!)
+    for _ in $(seq 200); do
+        [ -s "$dir/sockd/client.toml" ] && "${SSH[@]}" true 2>/dev/null && break
+        sleep 0.05
+    done
+    export SOCKCTL_CONFIG="$dir/sockd/client.toml"
 }
