@@ -137,6 +137,11 @@ fn at_the_open_file_limit_new_connections_are_refused_and_sessions_go_on() {
         }
         let refusal = d.run(&["ping"]);
         assert_ne!(refusal.code(), 0, "a new login at the limit worked");
+        assert!(
+            refusal.stderr_text().contains("the server refused it"),
+            "the refusal does not say what happened: {}",
+            refusal.stderr_text()
+        );
 
         let needle = format!("too many open files (limit {limit}): refusing new connections");
         assert!(

@@ -19,6 +19,7 @@ use rustls::{
 use sockd_proto::code::exit;
 use sockd_proto::message::ALPN;
 use std::fmt;
+use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -206,6 +207,20 @@ pub(crate) fn handshake_error(e: std::io::Error, server: &str, server_name: &str
             ))
         }
         Some(err) => ClientError::connect(format!("TLS handshake with {server} failed: {err}")),
+        // A sockd that refuses a connection (at its connection limits or
+        // out of file descriptors) closes it before the handshake: the
+        // client sees the connection end, not a TLS error.
+        None if matches!(
+            e.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
+        ) =>
+        {
+            ClientError::connect(format!(
+                "{server} closed the connection before the TLS handshake finished ({e}): \
+                 the server refused it (at its connection or open-file limit: its log says which) \
+                 or it is not a sockd server"
+            ))
+        }
         None => ClientError::connect(format!(
             "TLS handshake with {server} failed: {e}; is it a sockd server?"
         )),
