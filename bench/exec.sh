@@ -49,7 +49,8 @@ median_us() {
     printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2))}'
 }
 
-echo "== machine: $(nproc) cores, $(uname -r); $(ssh -V 2>&1)"
+# Other work on the machine moves every figure: say how busy it was.
+echo "== machine: $(nproc) cores, $(uname -r); $(ssh -V 2>&1); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== latency: a new connection, login and \`true\`, median of $RUNS"
 "${SSH[@]}" true; $SOCKCTL exec -- true   # warm caches
 exec_us=$(median_us $SOCKCTL exec -- true)
@@ -81,3 +82,4 @@ echo "  runs (MiB/s): exec ${exec_rates[*]}; ssh ${ssh_rates[*]}"
 printf '  sockctl exec -- cat    %8.0f MiB/s\n' "$exec_rate"
 printf '  ssh HOST cat           %8.0f MiB/s\n' "$ssh_rate"
 printf '  exec moves %.1fx as much\n' "$(calc "$exec_rate / $ssh_rate")"
+echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

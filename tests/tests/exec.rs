@@ -317,6 +317,120 @@ fn the_environment_is_scrubbed() {
     );
 }
 
+/// (pid, pgrp, session, tty_nr, tpgid) from a `/proc/PID/stat` line.
+fn stat_ids(stat: &str) -> (i64, i64, i64, i64, i64) {
+    let pid = stat.split_whitespace().next().unwrap().parse().unwrap();
+    let after: Vec<i64> = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .skip(2) // state, ppid
+        .take(4)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    (pid, after[0], after[1], after[2], after[3])
+}
+
+/// What the plugin sets up between starting the command and its exec:
+/// its own session, default signals and an empty mask, the policy's
+/// limits, only the three standard descriptors, and the errors of a
+/// failed start reported as before.
+#[test]
+fn the_command_starts_clean_in_a_session_of_its_own() {
+    let d = start(
+        "[plugins.exec.users.demo]\nallow = \"any\"\n\
+         rlimits = { cpu_secs = 30, nofile = 64, fsize_bytes = 1048576 }\n",
+    );
+    let out = exec(&d, &["--", "cat", "/proc/self/status"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    let status = out.stdout_text();
+    let mask = |name: &str| {
+        let hex = status.lines().find_map(|l| l.strip_prefix(name)).unwrap();
+        u64::from_str_radix(hex.trim(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{status}");
+    // Signals 1-31 at their defaults (the daemon ignores SIGPIPE). 32 and
+    // up are left as sockd got them, e.g. from the test runner.
+    assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "{status}");
+
+    // A session and process group of its own, without a terminal...
+    let out = exec(&d, &["--", "cat", "/proc/self/stat"]);
+    let (pid, pgrp, session, tty, _) = stat_ids(&out.stdout_text());
+    assert_eq!((pgrp, session, tty), (pid, pid, 0), "{}", out.stdout_text());
+    // ...or with the pty as its controlling terminal, in the foreground.
+    let out = d
+        .sockctl()
+        .args(["exec", "-t", "--", "cat", "/proc/self/stat"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (pid, pgrp, session, tty, tpgid) = stat_ids(&out.stdout_text());
+    assert_eq!(
+        (pgrp, session, tpgid),
+        (pid, pid, pid),
+        "{}",
+        out.stdout_text()
+    );
+    assert_ne!(tty, 0);
+
+    let out = exec(&d, &["--", "cat", "/proc/self/limits"]);
+    let limits = out.stdout_text();
+    for (name, soft, hard) in [
+        ("Max cpu time", "30", "31"),
+        ("Max open files", "64", "64"),
+        ("Max file size", "1048576", "1048576"),
+    ] {
+        assert!(
+            limits.lines().any(|l| l.starts_with(name)
+                && l[name.len()..].split_whitespace().take(2).eq([soft, hard])),
+            "{name} {soft} {hard} in:\n{limits}"
+        );
+    }
+
+    // stdin, stdout, stderr, and the directory ls is reading: nothing of
+    // the daemon's.
+    let out = exec(&d, &["--", "ls", "/proc/self/fd"]);
+    assert_eq!(out.stdout_text(), "0\n1\n2\n3\n");
+
+    // A script without a #! line runs with /bin/sh, as execvp does.
+    let home = d.path("state/home/demo");
+    use std::os::unix::fs::PermissionsExt;
+    let bare = home.join("bare");
+    std::fs::write(&bare, "echo \"bare $1\"\n").unwrap();
+    std::fs::set_permissions(&bare, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = exec(&d, &["--", "./bare", "x"]);
+    assert_eq!(
+        (out.code(), out.stdout_text().as_str()),
+        (0, "bare x\n"),
+        "{}",
+        out.stderr_text()
+    );
+
+    // Failures of the start itself, as the exec reports them.
+    std::fs::write(home.join("plain"), "x").unwrap();
+    let script = home.join("script");
+    std::fs::write(&script, "#!/no/such/interpreter\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (args, code, message) in [
+        (
+            ["--", "./plain"],
+            126,
+            "sockctl: ./plain: permission denied\n",
+        ),
+        (["--", "/tmp"], 126, "sockctl: /tmp: permission denied\n"),
+        (
+            ["--", "./script"],
+            127,
+            "sockctl: ./script: command not found\n",
+        ),
+    ] {
+        let out = exec(&d, &args);
+        assert_eq!(
+            (out.code(), out.stderr_text().as_str()),
+            (code, message),
+            "{args:?}"
+        );
+    }
+}
+
 #[test]
 fn a_pty_merges_output_and_gets_term_and_size() {
     let d = start(DEMO_ANY);

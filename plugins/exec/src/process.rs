@@ -1,10 +1,11 @@
 //! Starting the command: PATH lookup, the scrubbed environment, the home
-//! directory, pipes or a pseudo-terminal, and the child's own setup
-//! (`setsid`, controlling terminal, resource limits, default signals).
+//! directory, resource limits, pipes or a pseudo-terminal; the child itself
+//! is started by [`crate::spawn`].
 
 use crate::config::{DEFAULT_LANG, DEFAULT_PATH, Policy, Rlimits};
 use crate::fdio;
 use crate::request::PtyRequest;
+use crate::spawn::{self, Limit};
 use nix::fcntl::OFlag;
 use nix::libc;
 use nix::pty::{PtyMaster, grantpt, posix_openpt, ptsname_r, unlockpt};
@@ -12,12 +13,10 @@ use nix::unistd::Pid;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 /// Where the command's input goes.
@@ -96,13 +95,6 @@ pub fn ensure_home(home: &Path) -> io::Result<()> {
     }
 }
 
-/// A resource limit as the child sets it.
-#[derive(Clone, Copy)]
-struct Limit {
-    resource: libc::__rlimit_resource_t,
-    value: libc::rlimit,
-}
-
 /// Computes the limits in the parent, so the child only calls setrlimit.
 /// Without privilege a limit cannot exceed the current hard limit, so it is
 /// capped there instead of failing the command.
@@ -142,55 +134,6 @@ fn limits(r: &Rlimits) -> Vec<Limit> {
     add(libc::RLIMIT_FSIZE, r.fsize_bytes, 0);
     add(libc::RLIMIT_NPROC, r.nproc, 0);
     out
-}
-
-/// Signals whose disposition the child resets to the default (a handler
-/// is reset by exec anyway; an inherited "ignore" would not be).
-const DEFAULT_SIGNALS: [libc::c_int; 16] = [
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGPIPE,
-    libc::SIGCHLD,
-    libc::SIGALRM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGTSTP,
-    libc::SIGTTIN,
-    libc::SIGTTOU,
-    libc::SIGWINCH,
-    libc::SIGXCPU,
-    libc::SIGXFSZ,
-    libc::SIGURG,
-];
-
-/// Runs in the child between fork and exec: only async-signal-safe calls.
-fn child_setup(pty: bool, limits: &[Limit]) -> io::Result<()> {
-    // SAFETY: each call is async-signal-safe and gets valid arguments.
-    unsafe {
-        // A new session: the command leads its own process group, and all
-        // it starts can be found and killed together.
-        if libc::setsid() < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // stdin is the pty slave by now: make it the controlling terminal.
-        if pty && libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        for l in limits {
-            if libc::setrlimit(l.resource, &l.value) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        for sig in DEFAULT_SIGNALS {
-            libc::signal(sig, libc::SIG_DFL);
-        }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
-    Ok(())
 }
 
 /// Sets the terminal size of a pty (the kernel signals SIGWINCH to its
@@ -267,46 +210,57 @@ pub struct Spec<'a> {
     pub rlimits: &'a Rlimits,
 }
 
-/// Starts the command.
-pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
-    let mut cmd = Command::new(spec.program);
-    if let Some((first, rest)) = spec.argv.split_first() {
-        cmd.arg0(first).args(rest);
+/// A pipe, both ends close-on-exec: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid out-array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
     }
-    cmd.env_clear().envs(spec.env).current_dir(spec.home);
+    // SAFETY: pipe2 just created both descriptors; we own them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Starts the command (without copying the daemon: see [`spawn`]).
+pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
     let limits = limits(spec.rlimits);
-    let pty = spec.pty.is_some();
-    // SAFETY: child_setup only makes async-signal-safe calls and allocates
-    // nothing (`limits` is moved in, already built).
-    unsafe { cmd.pre_exec(move || child_setup(pty, &limits)) };
+    let launch = |stdio: [RawFd; 3]| {
+        spawn::spawn(&spawn::Launch {
+            program: spec.program,
+            argv: spec.argv,
+            env: spawn::env_entries(spec.env),
+            cwd: spec.home,
+            stdio,
+            controlling_tty: spec.pty.is_some(),
+            limits: &limits,
+        })
+    };
 
     if let Some(req) = spec.pty {
         let (master, slave) = open_pty(req)?;
-        cmd.stdin(Stdio::from(slave.try_clone()?))
-            .stdout(Stdio::from(slave.try_clone()?))
-            .stderr(Stdio::from(slave));
-        let child = cmd.spawn()?;
-        // Close our copies of the slave now: the master reports EIO once
+        let raw = slave.as_raw_fd();
+        let pid = launch([raw, raw, raw])?;
+        // Close our copy of the slave now: the master reports EIO once
         // the command's side is closed everywhere.
-        drop(cmd);
+        drop(slave);
         fdio::set_nonblocking(master.as_fd())?;
         let master = Arc::new(master);
         return Ok(Spawned {
-            pid: Pid::from_raw(child.id() as i32),
+            pid: Pid::from_raw(pid),
             input: Input::Pty(master.clone()),
             outputs: vec![(0, master)],
         });
     }
 
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
-    drop(cmd);
-    let missing = || io::Error::other("a pipe of the child is missing");
-    let stdin: OwnedFd = child.stdin.take().ok_or_else(missing)?.into();
-    let stdout: OwnedFd = child.stdout.take().ok_or_else(missing)?.into();
-    let stderr: OwnedFd = child.stderr.take().ok_or_else(missing)?.into();
+    let (child_stdin, stdin) = pipe()?;
+    let (stdout, child_stdout) = pipe()?;
+    let (stderr, child_stderr) = pipe()?;
+    let pid = launch([
+        child_stdin.as_raw_fd(),
+        child_stdout.as_raw_fd(),
+        child_stderr.as_raw_fd(),
+    ])?;
+    drop((child_stdin, child_stdout, child_stderr));
     for fd in [&stdin, &stdout, &stderr] {
         fdio::set_nonblocking(fd.as_fd())?;
         // Larger pipes than the default 64 KiB: fewer, larger reads and
@@ -315,7 +269,7 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Spawned> {
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
     }
     Ok(Spawned {
-        pid: Pid::from_raw(child.id() as i32),
+        pid: Pid::from_raw(pid),
         input: Input::Pipe(stdin),
         outputs: vec![(0, Arc::new(stdout)), (1, Arc::new(stderr))],
     })

@@ -14,7 +14,7 @@
 //! that gap; see docs/EXEC.md.
 
 use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, getsid};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,11 @@ fn stat(pid: &str) -> Option<(char, i32)> {
 }
 
 /// Live (not yet zombie) processes of session `sid`.
+///
+/// Every process is asked for its session with `getsid`, one system call;
+/// only the session's members get their `stat` file read (for the state).
+/// Reading every process's `stat` instead made this scan most of the
+/// daemon's work with hundreds of commands running.
 pub fn members(sid: i32) -> Vec<Pid> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -46,9 +51,12 @@ pub fn members(sid: i32) -> Vec<Pid> {
         if !name.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
+        let pid = Pid::from_raw(name.parse().ok()?);
+        if getsid(Some(pid)).ok()?.as_raw() != sid {
+            return None;
+        }
         let (state, session) = stat(name)?;
-        let pid: i32 = name.parse().ok()?;
-        (session == sid && state != 'Z' && state != 'X').then(|| Pid::from_raw(pid))
+        (session == sid && state != 'Z' && state != 'X').then_some(pid)
     })
     .collect()
 }
