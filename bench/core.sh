@@ -35,6 +35,6 @@ echo "== logins (TLS 1.3, ECDSA P-256 self-signed, key credential)"
 bench logins --seconds 5 --concurrency 8 --pid "$pid"
 echo "== idle memory"
 bench idle --count 1000 --pid "$pid"
-echo "== plugin calls (testkit whoami) beside pings"
-bench calls --seconds 5 --connections 1
-bench calls --seconds 5 --connections 64
+echo "== plugin calls beside pings: testkit whoami inline (ABI 1.1, on the connection's task) and whoami-blocking (on a call thread), interleaved"
+bench calls --seconds 5 --connections 1 --pid "$pid"
+bench calls --seconds 5 --connections 64 --pid "$pid"

@@ -10,9 +10,16 @@
 //! Plugins name channels by a process-wide `u64` handle (never reused)
 //! looked up in [`ChannelTable`], so a stale handle from a buggy plugin
 //! finds nothing instead of freed memory.
+//!
+//! An **inline** call (ABI 1.1) runs on the connection's own task, which
+//! must never block: on an inline channel ([`Channel::set_inline`]), and on
+//! any channel from a thread inside an inline call ([`InlineScope`]),
+//! `read` only polls and `write` is `try_write`; both answer
+//! [`ChannelError::WouldBlock`] where they would otherwise wait.
 
 use bytes::Bytes;
 use sockd_proto::{ErrorCode, Message};
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
@@ -54,6 +61,42 @@ struct State {
     result_value: i64,
     result_message: String,
     subscribed: bool,
+    /// Run inline: reads and writes never wait.
+    inline: bool,
+    /// Plugin threads waiting on `changed`: nobody to wake when zero (a
+    /// notify is a syscall even with no waiter).
+    waiters: u32,
+    /// Plugin threads waiting for room in the connection's backlog.
+    room_waiters: u32,
+}
+
+thread_local! {
+    /// Set while this thread runs an inline call.
+    static IN_INLINE_CALL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread as running an inline call until dropped: every
+/// channel operation made meanwhile, on whatever channel, is non-blocking.
+pub struct InlineScope {
+    outer: bool,
+}
+
+impl InlineScope {
+    pub fn enter() -> Self {
+        InlineScope {
+            outer: IN_INLINE_CALL.with(|c| c.replace(true)),
+        }
+    }
+}
+
+impl Drop for InlineScope {
+    fn drop(&mut self) {
+        IN_INLINE_CALL.with(|c| c.set(self.outer));
+    }
+}
+
+fn in_inline_call() -> bool {
+    IN_INLINE_CALL.with(Cell::get)
 }
 
 /// Owner details a plugin host needs for routing and reporting.
@@ -113,6 +156,9 @@ impl Channel {
                 result_value: 0,
                 result_message: String::new(),
                 subscribed: false,
+                inline: false,
+                waiters: 0,
+                room_waiters: 0,
             }),
             changed: Condvar::new(),
         })
@@ -122,6 +168,44 @@ impl Channel {
         // A panic while holding this lock cannot leave State inconsistent
         // (every update is a single assignment), so poisoning is ignored.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the plugin threads blocked in `read` or `write`, if any.
+    fn wake_waiters(&self, s: &State) {
+        if s.waiters > 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Blocks on `changed` (counted, so wakers know someone waits).
+    fn wait<'a>(
+        &self,
+        mut s: MutexGuard<'a, State>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, State> {
+        s.waiters += 1;
+        let mut s = match timeout {
+            None => self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+            Some(t) => {
+                self.changed
+                    .wait_timeout(s, t)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+        s.waiters -= 1;
+        s
+    }
+
+    /// Makes this channel's call inline: from now on its reads only poll
+    /// and its writes never wait (see the module docs).
+    pub fn set_inline(&self) {
+        self.lock().inline = true;
+    }
+
+    /// Whether operations on this channel, from this thread, must not wait.
+    fn nonblocking(s: &State) -> bool {
+        s.inline || in_inline_call()
     }
 
     // ---- connection side: never blocks ----
@@ -136,23 +220,27 @@ impl Channel {
             });
         }
         s.recv_credit -= len;
-        if !s.cancelled && !data.is_empty() {
+        // Nobody reads a finished call's input (an inline call ends before
+        // its first DATA arrives): count it against the credit, drop it.
+        if !s.cancelled && !s.finished && !data.is_empty() {
             s.inbound.push_back(Inbound::Data { stream, data });
-            self.changed.notify_all();
+            self.wake_waiters(&s);
         }
         Ok(())
     }
 
     pub fn on_eof(&self, stream: u8) {
         let mut s = self.lock();
-        s.inbound.push_back(Inbound::Eof { stream });
-        self.changed.notify_all();
+        if !s.finished {
+            s.inbound.push_back(Inbound::Eof { stream });
+            self.wake_waiters(&s);
+        }
     }
 
     pub fn on_credit(&self, bytes: u32) {
         let mut s = self.lock();
         s.send_credit = s.send_credit.saturating_add(bytes.into());
-        self.changed.notify_all();
+        self.wake_waiters(&s);
     }
 
     /// The client cancelled, or the connection is gone.
@@ -160,9 +248,12 @@ impl Channel {
         let mut s = self.lock();
         s.cancelled = true;
         s.inbound.clear();
-        self.changed.notify_all();
+        self.wake_waiters(&s);
+        let room_waiters = s.room_waiters > 0;
         drop(s);
-        self.out.backlog().wake();
+        if room_waiters {
+            self.out.backlog().wake();
+        }
     }
 
     pub fn is_finished(&self) -> bool {
@@ -185,6 +276,11 @@ impl Channel {
             }
             if s.cancelled {
                 return Err(ChannelError::Cancelled);
+            }
+            // Refused whether or not input is there, so that a handler
+            // that would block fails every time, not only when unlucky.
+            if Self::nonblocking(&s) && timeout != Some(Duration::ZERO) {
+                return Err(ChannelError::WouldBlock);
             }
             match s.inbound.front_mut() {
                 Some(Inbound::Eof { stream }) => {
@@ -210,16 +306,13 @@ impl Channel {
                 None => {}
             }
             s = match deadline {
-                None => self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+                None => self.wait(s, None),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
                         return Err(ChannelError::Timeout);
                     }
-                    self.changed
-                        .wait_timeout(s, deadline - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
+                    self.wait(s, Some(deadline - now))
                 }
             };
         }
@@ -248,10 +341,14 @@ impl Channel {
         });
     }
 
-    /// Writes all of `data`, waiting for credit as needed.
+    /// Writes all of `data`, waiting for credit as needed (on an inline
+    /// call: now or never, as [`Channel::try_write`]).
     pub fn write(&self, stream: u8, data: &[u8]) -> Result<(), ChannelError> {
         let mut rest = data;
         let mut s = self.lock();
+        if Self::nonblocking(&s) {
+            return self.try_write_locked(s, stream, data);
+        }
         loop {
             if s.finished {
                 return Err(ChannelError::Closed);
@@ -263,17 +360,20 @@ impl Channel {
                 return Ok(());
             }
             if s.send_credit == 0 {
-                s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                s = self.wait(s, None);
                 continue;
             }
             if self.out.backlog().is_full() {
                 // The client is not reading: wait for the writer, not
                 // queue more (the backlog's lock is never taken under ours).
+                // Counted so that cancel and finish know to wake us.
+                s.room_waiters += 1;
                 drop(s);
                 self.out
                     .backlog()
                     .wait_for_room_blocking(|| self.is_cancelled() || self.is_finished());
                 s = self.lock();
+                s.room_waiters -= 1;
                 continue;
             }
             let n = rest.len().min(self.max_chunk).min(s.send_credit as usize);
@@ -285,7 +385,15 @@ impl Channel {
 
     /// Writes all of `data` now, or nothing.
     pub fn try_write(&self, stream: u8, data: &[u8]) -> Result<(), ChannelError> {
-        let mut s = self.lock();
+        self.try_write_locked(self.lock(), stream, data)
+    }
+
+    fn try_write_locked(
+        &self,
+        mut s: MutexGuard<'_, State>,
+        stream: u8,
+        data: &[u8],
+    ) -> Result<(), ChannelError> {
         if s.finished {
             return Err(ChannelError::Closed);
         }
@@ -364,35 +472,47 @@ impl Channel {
             value: s.result_value,
             message: text,
         });
-        self.changed.notify_all();
+        self.wake_waiters(&s);
+        let room_waiters = s.room_waiters > 0;
         drop(s);
-        self.out.backlog().wake();
+        if room_waiters {
+            self.out.backlog().wake();
+        }
         ChannelTable::global().remove(self.handle);
     }
 }
 
+/// Shards of the channel table: every call inserts and removes its channel,
+/// so one lock for all connections would be a point of contention.
+const SHARDS: usize = 16;
+
 /// All live channels by handle, for the plugin ABI.
 pub struct ChannelTable {
-    map: RwLock<HashMap<u64, Arc<Channel>>>,
+    shards: [RwLock<HashMap<u64, Arc<Channel>>>; SHARDS],
 }
 
 impl ChannelTable {
     pub fn global() -> &'static ChannelTable {
         static TABLE: OnceLock<ChannelTable> = OnceLock::new();
         TABLE.get_or_init(|| ChannelTable {
-            map: RwLock::new(HashMap::new()),
+            shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
         })
     }
 
+    fn shard(&self, handle: u64) -> &RwLock<HashMap<u64, Arc<Channel>>> {
+        // Handles are sequential, so the low bits spread them evenly.
+        &self.shards[(handle % SHARDS as u64) as usize]
+    }
+
     pub fn insert(&self, channel: Arc<Channel>) {
-        self.map
+        self.shard(channel.handle)
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(channel.handle, channel);
     }
 
     pub fn get(&self, handle: u64) -> Option<Arc<Channel>> {
-        self.map
+        self.shard(handle)
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&handle)
@@ -400,7 +520,7 @@ impl ChannelTable {
     }
 
     pub fn remove(&self, handle: u64) {
-        self.map
+        self.shard(handle)
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&handle);
@@ -408,13 +528,12 @@ impl ChannelTable {
 
     /// Channels matching `f` (push delivery).
     pub fn matching(&self, f: impl Fn(&Channel) -> bool) -> Vec<Arc<Channel>> {
-        self.map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|c| f(c))
-            .cloned()
-            .collect()
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let map = shard.read().unwrap_or_else(|p| p.into_inner());
+            out.extend(map.values().filter(|c| f(c)).cloned());
+        }
+        out
     }
 }
 
@@ -531,6 +650,53 @@ mod tests {
         assert_eq!(
             ch.read(&mut 0, &mut [0u8; 1], Some(Duration::ZERO)),
             Err(ChannelError::Cancelled)
+        );
+    }
+
+    #[test]
+    fn inline_channels_never_wait() {
+        let (ch, mut rx) = channel(8, 6);
+        ch.set_inline();
+        let mut buf = [0u8; 4];
+        for timeout in [None, Some(Duration::from_secs(60))] {
+            assert_eq!(
+                ch.read(&mut 0, &mut buf, timeout),
+                Err(ChannelError::WouldBlock)
+            );
+        }
+        assert_eq!(
+            ch.read(&mut 0, &mut buf, Some(Duration::ZERO)),
+            Err(ChannelError::Timeout)
+        );
+        // write is all or nothing within the client's credit.
+        assert_eq!(ch.write(0, b"abcd"), Ok(()));
+        assert_eq!(ch.write(0, b"efg"), Err(ChannelError::WouldBlock));
+        assert!(
+            matches!(rx.try_recv(), Ok(Message::Data { ref data, .. }) if &data[..] == b"abcd")
+        );
+        assert!(rx.try_recv().is_err());
+        // Input for a finished call is dropped, not kept.
+        ch.finish(ErrorCode::Ok, "");
+        ch.on_data(0, Bytes::from_static(b"late")).unwrap();
+        ch.on_eof(0);
+        assert!(ch.lock().inbound.is_empty());
+    }
+
+    #[test]
+    fn an_inline_scope_makes_every_channel_non_blocking() {
+        let (ch, _rx) = channel(8, 0);
+        {
+            let _scope = InlineScope::enter();
+            assert_eq!(ch.write(0, b"x"), Err(ChannelError::WouldBlock));
+            assert_eq!(
+                ch.read(&mut 0, &mut [0u8; 1], None),
+                Err(ChannelError::WouldBlock)
+            );
+        }
+        // Outside the scope the same read waits (here: until its timeout).
+        assert_eq!(
+            ch.read(&mut 0, &mut [0u8; 1], Some(Duration::from_millis(1))),
+            Err(ChannelError::Timeout)
         );
     }
 

@@ -91,8 +91,13 @@ fn plugin_abi_rust_mirror_matches_the_c_header() {
             configure,
             handle,
             session_closed,
-            shutdown
+            shutdown,
+            inline_commands
         ]
+    );
+    put(
+        "const SOCKD_PLUGIN_SIZE_1_0".into(),
+        sys::SOCKD_PLUGIN_SIZE_1_0.to_string(),
     );
 
     put("magic".into(), format!("{:x}", sys::SOCKD_PLUGIN_MAGIC));
@@ -157,6 +162,20 @@ fn plugin_abi_rust_mirror_matches_the_c_header() {
         "ABI mismatches:\n{}",
         mismatches.join("\n")
     );
+}
+
+#[test]
+fn plugin_abi_1_1_only_appends_to_the_1_0_descriptor() {
+    // The 1.0 descriptor ended with `shutdown`; 1.1 appends one pointer.
+    assert_eq!(
+        sys::SOCKD_PLUGIN_SIZE_1_0,
+        offset_of!(SockdPlugin, shutdown) + size_of::<usize>()
+    );
+    assert_eq!(
+        size_of::<SockdPlugin>(),
+        sys::SOCKD_PLUGIN_SIZE_1_0 + size_of::<usize>()
+    );
+    assert_eq!((sys::SOCKD_ABI_MAJOR, sys::SOCKD_ABI_MINOR), (1, 1));
 }
 
 #[test]

@@ -166,7 +166,8 @@ fn plugin_with_a_short_descriptor_is_refused() {
     let size = size_of::<sockd_plugin::sys::SockdPlugin>();
     assert!(
         e.ends_with(&format!(
-            "DETAIL: field size: expected at least {size} for ABI 1.0, found 16"
+            "DETAIL: field size: expected at least {size} for ABI 1.{}, found 16",
+            sockd_plugin::sys::SOCKD_ABI_MINOR
         )),
         "{e}"
     );
@@ -295,7 +296,7 @@ fn plugin_upper_loads_and_serves_its_command() {
     let info = &list[0];
     assert_eq!(
         (info.name.as_str(), info.version.as_str(), info.abi.as_str()),
-        ("upper", "1.0.0", "1.0")
+        ("upper", "1.0.0", "1.1")
     );
     assert_eq!(
         (info.state.as_str(), info.builds, info.commands.clone()),
@@ -396,5 +397,19 @@ fn plugin_on_error_skip_keeps_a_failed_entry() {
         PluginHost::load(&refuse, d.state.path())
             .err()
             .is_some_and(|e| e.contains("ABI major version mismatch"))
+    );
+}
+
+#[test]
+fn plugin_with_an_inline_command_it_does_not_serve_is_refused() {
+    let d = dirs();
+    variant(d.plugins.path(), "libvariant.so", &["V_INLINE=\"other\""]);
+    let e = refused(&d, "variant", "libvariant.so");
+    assert_eq!(
+        e,
+        format!(
+            "plugin \"variant\" ({}) refused: inline command not among the plugin's commands\n  DETAIL: field inline_commands[0]: expected one of the names in commands, found \"other\"",
+            path(&d, "libvariant.so")
+        )
     );
 }

@@ -1,7 +1,8 @@
 //! The plugin ABI through the real daemon and sockctl: the C example
 //! plugin, panic isolation and quarantine, blocking calls, hot reload under
-//! load, backpressure against a client that does not read, and what an
-//! operator sees when a plugin is refused.
+//! load, backpressure against a client that does not read, what an
+//! operator sees when a plugin is refused, inline commands (ABI 1.1) and a
+//! plugin built for ABI 1.0.
 
 use sockd_e2e::raw::{RawClient, demo_secret};
 use sockd_e2e::{Daemon, Options, OutputExt, TEST_CONFIG, bin, target_dir, wait_until};
@@ -88,7 +89,7 @@ fn c_plugin_answers_upper_cased() {
     );
     let upper = plugin_state(&d, "upper");
     assert_eq!(upper["state"], "loaded");
-    assert_eq!(upper["abi"], "1.0");
+    assert_eq!(upper["abi"], "1.1");
     assert!(upper["calls"].as_u64().unwrap() >= 2);
 }
 
@@ -338,4 +339,127 @@ fn a_plugin_directory_others_can_write_is_refused() {
     assert_eq!(out.code(), 1);
     let err = out.stderr_text();
     assert!(err.contains("DETAIL") && err.contains("writable"), "{err}");
+}
+
+#[test]
+fn inline_commands_are_served_and_cannot_block() {
+    let (d, _plugins) = start();
+    let out = d.run(&["call", "whoami"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    let text = out.stdout_text();
+    assert!(
+        text.starts_with("user ")
+            && text.contains("\nsession ")
+            && text.contains("\npeer 127.0.0.1:"),
+        "{text:?}"
+    );
+    assert_eq!(plugin_state(&d, "testkit")["abi"], "1.1");
+
+    // A slow call on a call thread keeps running meanwhile.
+    let mut slow = d
+        .sockctl()
+        .args(["call", "sleep", "30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // An inline handler that tries to wait for input or to write more than
+    // the client's window gets WOULD_BLOCK each time, and its `?` ends the
+    // call with busy.
+    let out = d.run(&["call", "inline-probe"]);
+    assert_ne!(out.code(), 0);
+    let err = out.stderr_text();
+    for expected in [
+        "read 5s: would_block",
+        "read 0: timeout",
+        "read forever: would_block",
+        "write: would_block after ",
+    ] {
+        assert!(err.contains(expected), "{expected:?} in {err:?}");
+    }
+    // The daemon keeps serving: pings, inline and blocking calls, other plugins.
+    assert_eq!(d.run(&["ping"]).code(), 0);
+    // Each session has its own id and port; user and home are the same.
+    let user_and_home =
+        |t: &str| [t.lines().next(), t.lines().nth(2)].map(|l| l.map(str::to_string));
+    for command in ["whoami", "whoami-blocking"] {
+        let again = d.run(&["call", command]).stdout_text();
+        assert_eq!(user_and_home(&again), user_and_home(&text), "{command}");
+    }
+    assert_eq!(d.run(&["call", "upper", "x"]).stdout_text(), "X\n");
+    assert!(
+        slow.try_wait().unwrap().is_none(),
+        "the slow call still runs"
+    );
+    let _ = slow.kill();
+    let _ = slow.wait();
+}
+
+#[test]
+fn inline_panics_become_errors_then_quarantine() {
+    let (d, _plugins) = start();
+    for _ in 0..3 {
+        let out = d.run(&["call", "inline-panic"]);
+        assert_eq!(out.code(), 1, "internal error: {}", out.stderr_text());
+        assert!(
+            out.stderr_text().contains("panicked"),
+            "{}",
+            out.stderr_text()
+        );
+    }
+    let testkit = plugin_state(&d, "testkit");
+    assert_eq!(
+        (testkit["state"].as_str(), testkit["panics"].as_u64()),
+        (Some("quarantined"), Some(3))
+    );
+    let out = d.run(&["call", "whoami"]);
+    assert!(
+        out.stderr_text().contains("quarantined"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(d.run(&["ping"]).code(), 0);
+    assert_eq!(d.run(&["plugin", "reload", "testkit"]).code(), 0);
+    assert_eq!(d.run(&["call", "whoami"]).code(), 0);
+}
+
+#[test]
+fn a_plugin_built_for_abi_1_0_still_loads_and_works() {
+    let staging = tempfile::tempdir().unwrap();
+    let plugins = plugin_dir(staging.path());
+    // daemon/tests/c/variant.c as a 1.0 plugin: abi_minor 0 and the 1.0
+    // descriptor size, which ends before inline_commands (so the inline
+    // list it also carries must be ignored).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror"])
+        .args([
+            "-DV_MINOR=0",
+            "-DV_SIZE=SOCKD_PLUGIN_SIZE_1_0",
+            "-DV_INLINE=\"variant\"",
+            "-I",
+        ])
+        .arg(root.join("plugins/sdk/include"))
+        .arg(root.join("daemon/tests/c/variant.c"))
+        .arg("-o")
+        .arg(plugins.join("libvariant.so"))
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "variant.c compiles");
+    let d = Daemon::start_with(Options {
+        config: Some(config_with(
+            &plugins,
+            "[plugins.variant]\nfile = \"libvariant.so\"\n",
+        )),
+        ..Default::default()
+    });
+    let variant = plugin_state(&d, "variant");
+    assert_eq!(
+        (variant["state"].as_str(), variant["abi"].as_str()),
+        (Some("loaded"), Some("1.0"))
+    );
+    // Served on a call thread: its read waits for the client's EOF.
+    let out = d.run(&["call", "variant"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    assert_eq!(out.stdout_text(), "read 0\n");
+    drop(d);
 }

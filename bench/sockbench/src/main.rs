@@ -4,7 +4,9 @@
 //!   authentication) against the same server and certificate, in one run;
 //! - `idle`: the daemon's resident memory per idle authenticated connection;
 //! - `calls`: plugin calls/s beside pings/s (the no-plugin path) on 1 and
-//!   more connections.
+//!   more connections: an inline command (run on the connection's task)
+//!   and a blocking one (run on a call thread), and an OPEN of a command
+//!   no plugin serves (the same exchange of frames with no plugin at all).
 //!
 //! `bench/core.sh` runs them all against a release `sockd --dev`.
 
@@ -50,9 +52,20 @@ enum What {
         seconds: u64,
         #[arg(long, default_value_t = 1)]
         connections: usize,
-        /// The command and its arguments.
+        /// A trivial command the plugin runs inline.
         #[arg(long, default_value = "whoami")]
         command: String,
+        /// The same on the blocking path (a call thread); "" to skip.
+        #[arg(long, default_value = "whoami-blocking")]
+        blocking_command: String,
+        /// A command no plugin serves: its refusal is a call's OPEN/CLOSE
+        /// exchange without any plugin; "" to skip.
+        #[arg(long, default_value = "no-such-command")]
+        refused_command: String,
+        /// The daemon's PID: also report its own CPU time per operation
+        /// (steadier than rates when the machine is shared).
+        #[arg(long)]
+        pid: Option<u32>,
     },
 }
 
@@ -83,7 +96,19 @@ async fn run(args: Args) -> Result<(), String> {
             seconds,
             connections,
             command,
-        } => calls(&settings, seconds, connections, &command).await,
+            blocking_command,
+            refused_command,
+            pid,
+        } => {
+            calls(
+                &settings,
+                seconds,
+                connections,
+                [&command, &blocking_command, &refused_command],
+                pid,
+            )
+            .await
+        }
     }
 }
 
@@ -259,11 +284,93 @@ async fn idle(settings: &Arc<Settings>, count: usize, pid: u32) -> Result<(), St
     Ok(())
 }
 
+/// One call of `command` with no arguments and no input, to its CLOSE
+/// with the `expected` code.
+async fn call_once(
+    client: &Client,
+    command: &str,
+    expected: sockd_proto::ErrorCode,
+) -> Result<(), String> {
+    let mut ch = client
+        .open(command, Vec::<bytes::Bytes>::new())
+        .await
+        .map_err(|e| e.message().to_string())?;
+    ch.send_eof(0).await.map_err(|e| e.message().to_string())?;
+    while let Some(event) = ch.recv().await {
+        if let Event::Closed { code, message, .. } = event {
+            if code != expected {
+                return Err(format!("call failed: {message}"));
+            }
+            return Ok(());
+        }
+    }
+    Err("connection lost".into())
+}
+
+/// A benchmarked operation, boxed so that different ones share a list.
+type Op = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Runs each of `ops` for `seconds` in total from `concurrency` tasks, in
+/// alternating half-second slices, so that all of them see the same load
+/// on a shared machine; returns operations/s for each and, given the
+/// daemon's `pid`, its CPU microseconds per operation.
+async fn interleaved(
+    seconds: u64,
+    concurrency: usize,
+    ops: &[Op],
+    pid: Option<u32>,
+) -> Result<Vec<(f64, Option<f64>)>, String> {
+    const SLICE: Duration = Duration::from_millis(500);
+    let mut done = vec![0u64; ops.len()];
+    let mut spent = vec![Duration::ZERO; ops.len()];
+    let mut cpu = vec![0u64; ops.len()];
+    let rounds = (seconds * 2).max(1);
+    for _ in 0..rounds {
+        for (i, op) in ops.iter().enumerate() {
+            let count = Arc::new(AtomicU64::new(0));
+            let cpu_before = pid.map(cpu_micros).transpose()?;
+            let start = Instant::now();
+            let deadline = start + SLICE;
+            let mut tasks = Vec::new();
+            for _ in 0..concurrency {
+                let (op, count) = (op.clone(), count.clone());
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        op().await?;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok::<_, String>(())
+                }));
+            }
+            for t in tasks {
+                t.await.map_err(|e| e.to_string())??;
+            }
+            done[i] += count.load(Ordering::Relaxed);
+            spent[i] += start.elapsed();
+            if let (Some(pid), Some(before)) = (pid, cpu_before) {
+                cpu[i] += cpu_micros(pid)?.saturating_sub(before);
+            }
+        }
+    }
+    Ok((0..ops.len())
+        .map(|i| {
+            let per_sec = done[i] as f64 / spent[i].as_secs_f64();
+            let per_op = pid.map(|_| cpu[i] as f64 / done[i].max(1) as f64);
+            (per_sec, per_op)
+        })
+        .collect())
+}
+
 async fn calls(
     settings: &Arc<Settings>,
     seconds: u64,
     connections: usize,
-    command: &str,
+    [command, blocking_command, refused_command]: [&str; 3],
+    pid: Option<u32>,
 ) -> Result<(), String> {
     let mut clients = Vec::new();
     for _ in 0..connections {
@@ -280,42 +387,68 @@ async fn calls(
         move || pool[next.fetch_add(1, Ordering::Relaxed) as usize % pool.len()].clone()
     };
     let p = pick.clone();
-    let pings = rate(seconds, connections, move || {
+    let ping: Op = Arc::new(move || {
         let c = p();
-        async move {
+        Box::pin(async move {
             c.ping()
                 .await
                 .map(|_| ())
                 .map_err(|e| e.message().to_string())
-        }
-    })
-    .await?;
-    let command = command.to_string();
-    let p = pick.clone();
-    let calls = rate(seconds, connections, move || {
-        let c = p();
-        let command = command.clone();
-        async move {
-            let mut ch = c
-                .open(&command, Vec::<bytes::Bytes>::new())
-                .await
-                .map_err(|e| e.message().to_string())?;
-            ch.send_eof(0).await.map_err(|e| e.message().to_string())?;
-            while let Some(event) = ch.recv().await {
-                if let Event::Closed { code, message, .. } = event {
-                    if code != sockd_proto::ErrorCode::Ok {
-                        return Err(format!("call failed: {message}"));
-                    }
-                    return Ok(());
-                }
-            }
-            Err("connection lost".into())
-        }
-    })
-    .await?;
-    println!(
-        "{connections} connection(s): pings {pings:>8.0}/s   plugin calls {calls:>8.0}/s   plugin path costs {:.1}% more",
-        (pings / calls - 1.0) * 100.0
-    );
+        })
+    });
+    let call_op = |command: &str, expected| -> Op {
+        let command: Arc<str> = command.into();
+        let p = pick.clone();
+        Arc::new(move || {
+            let c = p();
+            let command = command.clone();
+            Box::pin(async move { call_once(&c, &command, expected).await })
+        })
+    };
+    use sockd_proto::ErrorCode as E;
+    let mut kinds = vec![("inline", command, E::Ok)];
+    if !blocking_command.is_empty() {
+        kinds.push(("blocking", blocking_command, E::Ok));
+    }
+    if !refused_command.is_empty() {
+        kinds.push(("refused", refused_command, E::UnknownCommand));
+    }
+    let mut ops = vec![ping];
+    ops.extend(kinds.iter().map(|(_, c, e)| call_op(c, *e)));
+    let rates = interleaved(seconds, connections, &ops, pid).await?;
+    let (pings, ping_cpu) = rates[0];
+    let lines: Vec<_> = kinds
+        .iter()
+        .zip(&rates[1..])
+        .map(|((kind, command, _), rate)| (*kind, *command, *rate))
+        .collect();
+    for &(kind, command, (calls, call_cpu)) in &lines {
+        let cpu = match (ping_cpu, call_cpu) {
+            (Some(p), Some(c)) => format!(
+                "; daemon CPU {p:.1} us/ping, {c:.1} us/call ({:+.1}%)",
+                (c / p - 1.0) * 100.0
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "{connections} connection(s): pings {pings:>8.0}/s   {kind} calls ({command}) {calls:>8.0}/s   plugin path costs {:.1}% more{cpu}",
+            (pings / calls - 1.0) * 100.0
+        );
+    }
+    // What the plugin itself adds: an inline call beside the same exchange
+    // of frames refused before any plugin runs.
+    if let (Some(inline), Some(refused)) = (
+        lines.iter().find(|l| l.0 == "inline"),
+        lines.iter().find(|l| l.0 == "refused"),
+    ) {
+        let cpu = match (inline.2.1, refused.2.1) {
+            (Some(i), Some(r)) => format!(", daemon CPU {:+.1}%", (i / r - 1.0) * 100.0),
+            _ => String::new(),
+        };
+        println!(
+            "{connections} connection(s): inline call beside a refused OPEN (no plugin): {:+.1}% time per call{cpu}",
+            (refused.2.0 / inline.2.0 - 1.0) * 100.0
+        );
+    }
     Ok(())
 }

@@ -82,9 +82,13 @@ pub struct Build {
     pub version: String,
     pub abi: String,
     pub commands: Vec<String>,
+    /// The commands run inline, on the connection's task (ABI 1.1); a
+    /// subset of `commands`.
+    pub inline_commands: Vec<String>,
     /// The configured file (not the private copy).
     pub file: PathBuf,
-    desc: &'static SockdPlugin,
+    /// A copy of the descriptor (fields newer than the plugin's minor zero).
+    desc: SockdPlugin,
     handle: sys::HandleFn,
     /// The plugin's `*state` from init, passed back on every call.
     state: *mut c_void,
@@ -116,6 +120,11 @@ impl fmt::Debug for Build {
 }
 
 impl Build {
+    /// True if `command` is run inline (declared so by the plugin).
+    pub fn is_inline(&self, command: &str) -> bool {
+        self.inline_commands.iter().any(|c| c == command)
+    }
+
     /// Runs `handle` for one call. Blocks for as long as the plugin does.
     pub fn handle(&self, call: &sys::SockdCall) -> i32 {
         // SAFETY: `handle` was checked non-null at load, `state` is what
@@ -292,9 +301,10 @@ pub fn load(name: &str, entry: &PluginEntry, cx: &LoadContext<'_>) -> Result<Bui
 
 /// What the descriptor checks produced.
 struct Checked {
-    desc: &'static SockdPlugin,
+    desc: SockdPlugin,
     version: String,
     commands: Vec<String>,
+    inline_commands: Vec<String>,
     handle: sys::HandleFn,
     init: sys::InitFn,
 }
@@ -381,10 +391,24 @@ fn validate(
             size,
         ));
     }
-    // SAFETY: the size field vouches for a whole v1.0 descriptor (the only
-    // fields the host reads), which lives as long as the never-unloaded
-    // library.
-    let desc: &'static SockdPlugin = unsafe { &*desc };
+    // Fields of later minors are read only when the plugin claims that
+    // minor and its size covers them: a 1.0 descriptor ends before them.
+    let known = if minor >= 1 && size as usize >= size_of::<SockdPlugin>() {
+        size_of::<SockdPlugin>()
+    } else {
+        sys::SOCKD_PLUGIN_SIZE_1_0
+    };
+    // The descriptor is copied, never borrowed as a whole `&SockdPlugin`:
+    // a 1.0 descriptor is shorter than the host's struct. Fields it does not
+    // have stay zero (NULL, None).
+    // SAFETY: every field of SockdPlugin (integers, raw pointers,
+    // Option<fn>) is valid all-zero; the size check above vouches for
+    // `known` readable bytes at `desc` (static data of the loaded library).
+    let desc: SockdPlugin = unsafe {
+        let mut copy = std::mem::MaybeUninit::<SockdPlugin>::zeroed();
+        std::ptr::copy_nonoverlapping(desc.cast::<u8>(), copy.as_mut_ptr().cast::<u8>(), known);
+        copy.assume_init()
+    };
 
     // SAFETY: descriptor strings are static, NUL-terminated per the ABI;
     // c_string reads at most MAX_DESCRIPTOR_STRING bytes.
@@ -428,7 +452,27 @@ fn validate(
     let version = String::from_utf8_lossy(version).into_owned();
     // SAFETY: commands is a static NULL-terminated array per the ABI;
     // command_list reads at most MAX_COMMANDS + 1 entries.
-    let commands = unsafe { command_list(desc.commands) }?;
+    let commands = unsafe { command_list(desc.commands, "commands") }?;
+    let inline_commands = if !desc.inline_commands.is_null() {
+        // SAFETY: a 1.1 descriptor's inline_commands is NULL or a static
+        // NULL-terminated array per the ABI, like commands.
+        let inline = unsafe { command_list(desc.inline_commands, "inline_commands") }?;
+        if let Some((i, c)) = inline
+            .iter()
+            .enumerate()
+            .find(|(_, c)| !commands.contains(c))
+        {
+            return Err(mismatch(
+                "inline command not among the plugin's commands",
+                &format!("inline_commands[{i}]"),
+                "one of the names in commands",
+                format_args!("\"{c}\""),
+            ));
+        }
+        inline
+    } else {
+        Vec::new()
+    };
     for command in &commands {
         if let Some(owner) = taken.get(command) {
             return Err((
@@ -449,6 +493,7 @@ fn validate(
         desc,
         version,
         commands,
+        inline_commands,
         handle,
         init,
     })
@@ -464,9 +509,11 @@ fn too_old(minor: u16) -> bool {
 
 /// Size of the descriptor as of ABI 1.`minor`. Minors only append fields,
 /// so a descriptor claiming a newer minor than ours is at least our size.
-fn descriptor_size(_minor: u16) -> usize {
-    // 1.0 is the only layout so far; a new minor gets its own arm here.
-    size_of::<SockdPlugin>()
+fn descriptor_size(minor: u16) -> usize {
+    match minor {
+        0 => sys::SOCKD_PLUGIN_SIZE_1_0,
+        _ => size_of::<SockdPlugin>(),
+    }
 }
 
 /// Reads a NUL-terminated descriptor string without running off its end.
@@ -488,15 +535,19 @@ unsafe fn c_string(p: *const c_char) -> Result<&'static [u8], String> {
     Err(format!("no NUL within {MAX_DESCRIPTOR_STRING} bytes"))
 }
 
-/// Reads and checks the NULL-terminated command list.
+/// Reads and checks a NULL-terminated command list (descriptor field
+/// `list_field`: `commands` or `inline_commands`).
 ///
 /// # Safety
 /// `list` must be null or a static NULL-terminated array of C strings.
-unsafe fn command_list(list: *const *const c_char) -> Result<Vec<String>, Refusal> {
+unsafe fn command_list(
+    list: *const *const c_char,
+    list_field: &str,
+) -> Result<Vec<String>, Refusal> {
     if list.is_null() {
         return Err(mismatch(
             "no commands",
-            "commands",
+            list_field,
             "a NULL-terminated list",
             "NULL",
         ));
@@ -511,12 +562,12 @@ unsafe fn command_list(list: *const *const c_char) -> Result<Vec<String>, Refusa
         if i == MAX_COMMANDS {
             return Err(mismatch(
                 "too many commands",
-                "commands",
+                list_field,
                 format_args!("at most {MAX_COMMANDS}"),
                 "more",
             ));
         }
-        let field = format!("commands[{i}]");
+        let field = format!("{list_field}[{i}]");
         // SAFETY: each entry is a static NUL-terminated string per the ABI.
         let raw = unsafe { c_string(p) }
             .map_err(|e| mismatch("invalid command name", &field, "a string", e))?;
@@ -544,7 +595,7 @@ unsafe fn command_list(list: *const *const c_char) -> Result<Vec<String>, Refusa
     if out.is_empty() {
         return Err(mismatch(
             "no commands",
-            "commands",
+            list_field,
             "at least one command",
             "an empty list",
         ));
@@ -590,6 +641,7 @@ fn init(
         abi: format!("{}.{}", c.desc.abi_major, c.desc.abi_minor),
         version: c.version,
         commands: c.commands,
+        inline_commands: c.inline_commands,
         file,
         desc: c.desc,
         handle: c.handle,

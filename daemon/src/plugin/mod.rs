@@ -5,7 +5,9 @@
 //! - [`host_api`]: the `sockd_host` functions plugins call back into.
 //!
 //! Every configured plugin has a slot holding its current build (or why it
-//! failed). A call runs on its own thread and holds an `Arc` to the build it
+//! failed). A call runs on its own thread ([`workers`]) — or, for the
+//! commands a plugin declares inline (ABI 1.1), right on the connection's
+//! task, with no thread hand-off — and holds an `Arc` to the build it
 //! started on, so after `sockctl plugin reload` in-flight calls finish on
 //! the old code while new calls reach the new build; the old build's
 //! `shutdown` runs when its last call ends. A build whose calls panic
@@ -20,7 +22,7 @@ pub mod host_api;
 pub mod loader;
 pub mod workers;
 
-use crate::channel::Channel;
+use crate::channel::{Channel, InlineScope};
 use crate::config::{OnPluginError, PluginEntry, PluginsConfig};
 use crate::session::Session;
 use bytes::Bytes;
@@ -29,7 +31,9 @@ use sockd_plugin::sys::{self, SockdCall, SockdStr};
 use sockd_proto::ErrorCode;
 use sockd_proto::control::PluginInfo;
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -241,7 +245,10 @@ impl PluginHost {
             .map(|(name, _, _)| name.clone())
     }
 
-    /// Runs the call on its own thread; the thread finishes the channel.
+    /// Runs the call on its own thread, which finishes the channel; or, if
+    /// the plugin declared the command inline, runs it to the end right
+    /// here (the caller is the connection's task: the handler must not
+    /// block, and the channel's operations are made non-blocking).
     pub fn start_call(&self, req: CallRequest) -> Result<(), (ErrorCode, String)> {
         if self.stopped.load(Ordering::SeqCst) {
             return Err((
@@ -272,12 +279,17 @@ impl PluginHost {
             (name.clone(), build.clone(), slot.stats.clone())
         };
         stats.calls.fetch_add(1, Ordering::Relaxed);
+        let inline = build.is_inline(&req.command);
         let call = RunningCall {
             name: name.clone(),
             build: build.clone(),
             stats,
             quarantine_after: self.quarantine_after.clone(),
         };
+        if inline {
+            call.run_inline(req);
+            return Ok(());
+        }
         let spawned = workers::Workers::global(CALL_STACK).run(move || call.run(req));
         if let Err(e) = spawned {
             build.call_ended();
@@ -513,12 +525,64 @@ struct RunningCall {
     quarantine_after: Arc<AtomicU32>,
 }
 
+/// Ends a call however its thread leaves [`RunningCall::run`]: CLOSE (a
+/// no-op if already sent) and the build's in-flight count.
+struct CallEnd<'a> {
+    build: &'a Build,
+    channel: &'a Channel,
+}
+
+impl Drop for CallEnd<'_> {
+    fn drop(&mut self) {
+        // Only reached unfinished if the host's own code panicked.
+        self.channel
+            .finish(ErrorCode::Internal, "the call ended abnormally");
+        self.build.call_ended();
+    }
+}
+
+/// `ip:port` without a heap allocation (the longest, a scoped IPv6
+/// address, takes 54 bytes).
+struct PeerText {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl PeerText {
+    fn new(peer: std::net::SocketAddr) -> Self {
+        let mut buf = [0u8; 64];
+        let mut cursor = &mut buf[..];
+        let len = match write!(cursor, "{peer}") {
+            Ok(()) => 64 - cursor.len(),
+            Err(_) => 0,
+        };
+        PeerText { buf, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 impl RunningCall {
+    /// Runs an inline call on the caller's thread (the connection's task).
+    fn run_inline(self, req: CallRequest) {
+        req.channel.set_inline();
+        let _scope = InlineScope::enter();
+        // A panic in the host's own code must not take the connection's
+        // task down; CallEnd has already closed the call then.
+        let _ = catch_unwind(AssertUnwindSafe(|| self.run(req)));
+    }
+
     fn run(self, req: CallRequest) {
+        let _end = CallEnd {
+            build: &self.build,
+            channel: &req.channel,
+        };
         let session = &req.session;
         // Everything the call points to lives on this stack frame until
         // handle() returns, as the ABI promises.
-        let peer = session.peer.to_string();
+        let peer = PeerText::new(session.peer);
         let argv: Vec<SockdStr> = req.args.iter().map(|a| SockdStr::from_slice(a)).collect();
         let call = SockdCall {
             size: size_of::<SockdCall>() as u32,
@@ -536,7 +600,6 @@ impl RunningCall {
         let (code, message) = self.outcome(status);
         req.channel.finish(code, &message);
         tracing::debug!(plugin = %self.name, command = %req.command, session = session.id, status, "call ended");
-        self.build.call_ended();
     }
 
     /// Maps handle()'s status to the CLOSE code, counting errors and panics.

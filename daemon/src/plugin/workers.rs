@@ -48,6 +48,9 @@ impl Workers {
             let mut q = self.lock();
             if q.idle > q.jobs.len() {
                 q.jobs.push_back(job);
+                drop(q);
+                // Notified after unlocking, so the worker does not wake up
+                // only to wait for the lock we still hold.
                 self.wake.notify_one();
                 return Ok(());
             }

@@ -61,6 +61,8 @@ int main(void) {
     OFF(sockd_plugin, handle);
     OFF(sockd_plugin, session_closed);
     OFF(sockd_plugin, shutdown);
+    OFF(sockd_plugin, inline_commands);
+    CONST(SOCKD_PLUGIN_SIZE_1_0);
 
     /* The magic does not fit an int64_t comparison as a negative; print it
      * as unsigned hex separately. */

@@ -7,6 +7,8 @@
  *   -DV_MAGIC=N           the magic number
  *   -DV_MAJOR=N           abi_major
  *   -DV_SIZE=N            the size field
+ *   -DV_MINOR=N           abi_minor (with V_SIZE=SOCKD_PLUGIN_SIZE_1_0: a 1.0 plugin)
+ *   -DV_INLINE='"x"'      list that command in inline_commands (ABI 1.1)
  *   -DV_NO_COMMANDS       an empty command list
  *   -DV_NULL_HANDLE       no handle function
  *   -DV_INIT_RESULT=N     what init returns
@@ -29,22 +31,46 @@
 #ifndef V_SIZE
 #define V_SIZE sizeof(sockd_plugin)
 #endif
+#ifndef V_MINOR
+#define V_MINOR SOCKD_ABI_MINOR
+#endif
 #ifndef V_INIT_RESULT
 #define V_INIT_RESULT SOCKD_OK
 #endif
 
-static int32_t v_init(const sockd_host *host, sockd_str config, void **state) {
-    (void)host;
+static const sockd_host *host;
+
+static int32_t v_init(const sockd_host *h, sockd_str config, void **state) {
     (void)config;
+    host = h;
     *state = NULL;
     return V_INIT_RESULT;
 }
 
 #ifndef V_NULL_HANDLE
+/* Answers "read N": what a read that may wait 2 s returned (0 at EOF on a
+ * call thread, -SOCKD_E_WOULD_BLOCK on an inline call). */
 static int32_t v_handle(void *state, const sockd_call *call) {
     (void)state;
-    (void)call;
-    return SOCKD_OK;
+    uint8_t stream = 0, buf[16];
+    int64_t n = host->read(call->channel, &stream, buf, sizeof buf, 2000);
+    char text[32] = "read ";
+    int len = 5;
+    if (n < 0) {
+        text[len++] = '-';
+        n = -n;
+    }
+    char digits[24];
+    int d = 0;
+    do {
+        digits[d++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    while (d > 0) text[len++] = digits[--d];
+    text[len++] = '\n';
+    return host->write(call->channel, SOCKD_STREAM_MAIN, (const uint8_t *)text, (size_t)len) == 0
+               ? SOCKD_OK
+               : SOCKD_E_INTERNAL;
 }
 #endif
 
@@ -54,11 +80,15 @@ static const char *const commands[] = {NULL};
 static const char *const commands[] = {V_COMMAND, NULL};
 #endif
 
+#ifdef V_INLINE
+static const char *const inline_commands[] = {V_INLINE, NULL};
+#endif
+
 static const sockd_plugin descriptor = {
     .magic = V_MAGIC,
     .size = V_SIZE,
     .abi_major = V_MAJOR,
-    .abi_minor = SOCKD_ABI_MINOR,
+    .abi_minor = V_MINOR,
     .name = V_NAME,
     .version = "0.0.1",
     .commands = commands,
@@ -67,6 +97,9 @@ static const sockd_plugin descriptor = {
     .handle = NULL,
 #else
     .handle = v_handle,
+#endif
+#ifdef V_INLINE
+    .inline_commands = inline_commands,
 #endif
 };
 

@@ -1,12 +1,14 @@
 /*
- * sockd_plugin.h - the sockd handler ABI, version 1.0.
+ * sockd_plugin.h - the sockd handler ABI, version 1.1.
  *
  * A plugin is a shared library exporting one symbol, sockd_plugin_entry,
  * which returns a pointer to a static sockd_plugin descriptor. The daemon
  * checks the descriptor (magic, size, ABI version, name) before it calls
  * anything else, then calls init() with a table of host functions.
  *
- * Threading: every call to handle() runs on its own thread and may block.
+ * Threading: every call to handle() runs on its own thread and may block,
+ * except calls of the commands listed in inline_commands (ABI 1.1), which
+ * run on the connection's own task and must not block (see docs/PLUGINS.md).
  * Host functions are thread-safe and may be called from any thread.
  *
  * Memory: everything the host passes in (strings, the call, the host table)
@@ -34,7 +36,7 @@ extern "C" {
 
 #define SOCKD_PLUGIN_MAGIC UINT64_C(0x314c50444b434f53) /* "SOCKDPL1" little-endian */
 #define SOCKD_ABI_MAJOR 1
-#define SOCKD_ABI_MINOR 0
+#define SOCKD_ABI_MINOR 1
 #define SOCKD_PLUGIN_ENTRY_SYMBOL "sockd_plugin_entry"
 
 /* Status codes: the wire protocol's error codes (docs/PROTOCOL.md).
@@ -169,7 +171,20 @@ typedef struct sockd_plugin {
     /* The daemon stops using this build (shutdown, or a newer build was
      * loaded and the last call of this one finished). May be NULL. */
     void (*shutdown)(void *state);
+
+    /* ---- ABI 1.1 ---- */
+
+    /* NULL, or a NULL-terminated list of commands (each one also listed in
+     * commands) whose calls the host runs inline, on the connection's own
+     * task, with no thread hand-off. Their handle() must return promptly
+     * and never block: on an inline call read() with a timeout other than 0
+     * returns -SOCKD_E_WOULD_BLOCK, and write() never waits (it behaves as
+     * try_write()). The call ends when handle() returns. */
+    const char *const *inline_commands;
 } sockd_plugin;
+
+/* sizeof(sockd_plugin) in ABI 1.0, before inline_commands was appended. */
+#define SOCKD_PLUGIN_SIZE_1_0 offsetof(sockd_plugin, inline_commands)
 
 typedef const sockd_plugin *(*sockd_plugin_entry_fn)(void);
 

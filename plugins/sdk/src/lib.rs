@@ -21,6 +21,10 @@
 //! sockd_plugin::export_plugin!(name: "echo", version: "1.0.0", commands: ["echo"], plugin: Echo);
 //! ```
 //!
+//! Short, non-blocking commands can be declared inline (ABI 1.1,
+//! `inline: [...]` in [`export_plugin!`]): the daemon runs them on the
+//! connection's task without a thread hand-off.
+//!
 //! See docs/PLUGINS.md for the lifecycle and threading rules.
 
 pub mod sys;
@@ -289,7 +293,9 @@ impl Channel {
         self.id
     }
 
-    /// Waits for input; `None` waits without limit.
+    /// Waits for input; `None` waits without limit. On an inline call only
+    /// `Some(Duration::ZERO)` (a poll) is allowed; anything else returns
+    /// [`ChannelError::WouldBlock`].
     pub fn read(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Input, ChannelError> {
         let timeout_ms = timeout.map_or(-1, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
         let mut stream = 0u8;
@@ -313,7 +319,9 @@ impl Channel {
         }
     }
 
-    /// Writes all of `data`, waiting while the client's window is full.
+    /// Writes all of `data`, waiting while the client's window is full. On
+    /// an inline call it never waits: all of `data` now, or
+    /// [`ChannelError::WouldBlock`] (as [`Channel::try_write`]).
     pub fn write(&self, stream: u8, data: &[u8]) -> Result<(), ChannelError> {
         // SAFETY: data is valid for reads during the call.
         let r = unsafe { (self.host.raw.write)(self.id, stream, data.as_ptr(), data.len()) };
@@ -455,7 +463,9 @@ pub trait Plugin: Send + Sync + Sized + 'static {
         Ok(())
     }
 
-    /// Serves one call, on its own thread. May block.
+    /// Serves one call, on its own thread; may block. For a command listed
+    /// under `inline` in [`export_plugin!`], runs on the connection's task
+    /// instead and must return promptly without blocking.
     fn handle(&self, call: &Call<'_>) -> Result<(), Failure>;
 
     /// A session ended: drop what you kept for it.
@@ -588,6 +598,41 @@ pub mod glue {
         }));
     }
 
+    /// True if every name in `listed` is in `all` (the compile-time check
+    /// that `inline` commands are among `commands`).
+    pub const fn all_listed(listed: &[&str], all: &[&str]) -> bool {
+        let mut i = 0;
+        while i < listed.len() {
+            let mut found = false;
+            let mut j = 0;
+            while j < all.len() {
+                if same(listed[i].as_bytes(), all[j].as_bytes()) {
+                    found = true;
+                }
+                j += 1;
+            }
+            if !found {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    const fn same(a: &[u8], b: &[u8]) -> bool {
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
     /// # Safety
     /// `state` must come from `init::<P>`.
     pub unsafe extern "C" fn shutdown<P: Plugin>(state: *mut c_void) {
@@ -604,16 +649,35 @@ pub mod glue {
 /// sockd_plugin::export_plugin!(
 ///     name: "echo",
 ///     version: env!("CARGO_PKG_VERSION"),
-///     commands: ["echo"],
+///     commands: ["echo", "status"],
+///     inline: ["status"],   // optional (ABI 1.1): run on the connection's task
 ///     plugin: Echo,
 /// );
 /// ```
+///
+/// Commands listed under `inline` must also be in `commands` (checked at
+/// compile time); their `handle` must return promptly and never block (see
+/// docs/PLUGINS.md, "Inline commands"): on such a call [`Channel::read`]
+/// only polls and [`Channel::write`] never waits.
 #[macro_export]
 macro_rules! export_plugin {
     (name: $name:literal, version: $version:expr, commands: [$($cmd:literal),+ $(,)?], plugin: $ty:ty $(,)?) => {
+        $crate::export_plugin!(name: $name, version: $version, commands: [$($cmd),+], inline: [], plugin: $ty);
+    };
+    (name: $name:literal, version: $version:expr, commands: [$($cmd:literal),+ $(,)?], inline: [$($inline:literal),* $(,)?], plugin: $ty:ty $(,)?) => {
         const _: () = {
             static COMMANDS: $crate::sys::CommandList<{ [$($cmd),+].len() + 1 }> = $crate::sys::CommandList([
                 $(concat!($cmd, "\0").as_ptr().cast(),)+
+                ::std::ptr::null(),
+            ]);
+
+            const INLINE: &[&str] = &[$($inline),*];
+            const _: () = assert!(
+                $crate::glue::all_listed(INLINE, &[$($cmd),+]),
+                "every `inline` command must also be listed in `commands`"
+            );
+            static INLINE_COMMANDS: $crate::sys::CommandList<{ INLINE.len() + 1 }> = $crate::sys::CommandList([
+                $(concat!($inline, "\0").as_ptr().cast(),)*
                 ::std::ptr::null(),
             ]);
 
@@ -630,6 +694,11 @@ macro_rules! export_plugin {
                 handle: Some($crate::glue::handle::<$ty>),
                 session_closed: Some($crate::glue::session_closed::<$ty>),
                 shutdown: Some($crate::glue::shutdown::<$ty>),
+                inline_commands: if INLINE.is_empty() {
+                    ::std::ptr::null()
+                } else {
+                    &INLINE_COMMANDS as *const _ as *const *const ::std::ffi::c_char
+                },
             };
 
             #[unsafe(no_mangle)]

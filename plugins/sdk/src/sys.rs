@@ -8,7 +8,7 @@ use std::ffi::{c_char, c_void};
 
 pub const SOCKD_PLUGIN_MAGIC: u64 = u64::from_le_bytes(*b"SOCKDPL1");
 pub const SOCKD_ABI_MAJOR: u16 = 1;
-pub const SOCKD_ABI_MINOR: u16 = 0;
+pub const SOCKD_ABI_MINOR: u16 = 1;
 pub const SOCKD_PLUGIN_ENTRY_SYMBOL: &[u8] = b"sockd_plugin_entry";
 
 pub const SOCKD_OK: i32 = 0;
@@ -155,7 +155,14 @@ pub struct SockdPlugin {
     pub handle: Option<HandleFn>,
     pub session_closed: Option<SessionClosedFn>,
     pub shutdown: Option<ShutdownFn>,
+    // ---- ABI 1.1 ----
+    /// NULL, or a NULL-terminated list of commands (each also in
+    /// `commands`) that the host runs inline on the connection's task.
+    pub inline_commands: *const *const c_char,
 }
+
+/// `sizeof(sockd_plugin)` in ABI 1.0: everything before `inline_commands`.
+pub const SOCKD_PLUGIN_SIZE_1_0: usize = std::mem::offset_of!(SockdPlugin, inline_commands);
 
 // SAFETY: a descriptor is immutable static data (pointers to static strings
 // and functions); sharing it between threads is sound.

@@ -6,7 +6,17 @@
 //! - `sleep SECONDS`: sleeps (ending early if cancelled), then writes `slept`;
 //! - `flood`: writes 64 KiB chunks until the call is cancelled or closed
 //!   (backpressure tests);
-//! - `whoami`: writes the user, session id, home directory and peer;
+//! - `whoami`: writes the user, session id, home directory and peer; an
+//!   **inline** command (ABI 1.1), run on the connection's task;
+//! - `whoami-blocking`: the same on a call thread (the blocking path, for
+//!   comparison in benchmarks);
+//! - `inline-probe [BYTES]`: inline; tries what an inline call must not do
+//!   (a read that waits, writes of BYTES, default 64 KiB, until the client's
+//!   window or the connection's queue is full) and ends with `busy`, as a
+//!   handler whose write fails with `?` does, reporting what each got in
+//!   the CLOSE message (`read 5s: would_block`, ..., `write: would_block
+//!   after N`, N the bytes written);
+//! - `inline-panic`: an inline command that panics;
 //! - `subscribe`: becomes a push target and waits until cancelled;
 //! - `push USER TEXT`: pushes TEXT to USER's subscribed `subscribe` calls
 //!   and writes `delivered N full M`;
@@ -17,7 +27,7 @@
 //! that file, so tests can watch the host drive the lifecycle;
 //! `fail_init = true` makes init fail.
 
-use sockd_plugin::{Call, Failure, Host, Input, Plugin, stream};
+use sockd_plugin::{Call, ChannelError, Failure, Host, Input, Plugin, stream};
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -88,16 +98,9 @@ impl Plugin for Testkit {
             "panic" => panic!("testkit was asked to panic"),
             "sleep" => sleep(call),
             "flood" => flood(call),
-            "whoami" => {
-                let text = format!(
-                    "user {}\nsession {}\nhome {}\npeer {}\n",
-                    call.user(),
-                    call.session_id(),
-                    call.home().display(),
-                    call.peer()
-                );
-                Ok(call.channel().write(stream::MAIN, text.as_bytes())?)
-            }
+            "whoami" | "whoami-blocking" => whoami(call),
+            "inline-probe" => inline_probe(call),
+            "inline-panic" => panic!("testkit was asked to panic inline"),
             "subscribe" => subscribe(call),
             "push" => push(self.host, call),
             "config" => Ok(call
@@ -136,6 +139,63 @@ fn echo(call: &Call<'_>) -> Result<(), Failure> {
     }
     ch.write_eof(stream::MAIN)?;
     Ok(())
+}
+
+fn whoami(call: &Call<'_>) -> Result<(), Failure> {
+    let text = format!(
+        "user {}\nsession {}\nhome {}\npeer {}\n",
+        call.user(),
+        call.session_id(),
+        call.home().display(),
+        call.peer()
+    );
+    Ok(call.channel().write(stream::MAIN, text.as_bytes())?)
+}
+
+/// What a channel operation returned, as a word for the probe's report.
+fn outcome(r: Result<(), ChannelError>) -> &'static str {
+    match r {
+        Ok(()) => "ok",
+        Err(ChannelError::WouldBlock) => "would_block",
+        Err(ChannelError::Timeout) => "timeout",
+        Err(ChannelError::Cancelled) => "cancelled",
+        Err(ChannelError::Closed) => "closed",
+    }
+}
+
+fn inline_probe(call: &Call<'_>) -> Result<(), Failure> {
+    let args = call.str_args()?;
+    let size: usize = match args.as_slice() {
+        [] => CHUNK,
+        [n] => n
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Failure::bad_request(format!("inline-probe: bad size `{n}`")))?,
+        _ => return Err(Failure::bad_request("usage: inline-probe [BYTES]")),
+    };
+    let ch = call.channel();
+    let mut buf = [0u8; 16];
+    let waited = ch.read(&mut buf, Some(Duration::from_secs(5))).map(|_| ());
+    let polled = ch.read(&mut buf, Some(Duration::ZERO)).map(|_| ());
+    let forever = ch.read(&mut buf, None).map(|_| ());
+    let chunk = vec![b'x'; size];
+    let mut written = 0usize;
+    let stopped = loop {
+        match ch.write(stream::MAIN, &chunk) {
+            Ok(()) => written += size,
+            Err(e) => break Err(e),
+        }
+    };
+    let report = format!(
+        "read 5s: {}\nread 0: {}\nread forever: {}\nwrite: {} after {written}",
+        outcome(waited),
+        outcome(polled),
+        outcome(forever),
+        outcome(stopped),
+    );
+    // The window may be used up by now: the report goes in the CLOSE.
+    Err(Failure::new(sockd_plugin::Code::Busy, report))
 }
 
 fn sleep(call: &Call<'_>) -> Result<(), Failure> {
@@ -197,6 +257,10 @@ fn push(host: Host, call: &Call<'_>) -> Result<(), Failure> {
 sockd_plugin::export_plugin!(
     name: "testkit",
     version: env!("CARGO_PKG_VERSION"),
-    commands: ["echo", "panic", "sleep", "flood", "whoami", "subscribe", "push", "config"],
+    commands: [
+        "echo", "panic", "sleep", "flood", "whoami", "whoami-blocking", "subscribe", "push",
+        "config", "inline-probe", "inline-panic",
+    ],
+    inline: ["whoami", "inline-probe", "inline-panic"],
     plugin: Testkit,
 );
