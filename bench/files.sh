@@ -67,6 +67,28 @@ best() {
 mbps() { awk "BEGIN { printf \"%d\", $bytes / $1 / 1000000 }"; }
 ratio() { awk "BEGIN { printf \"%.1f\", $1 / $2 }"; }
 
+# Sets variable $1 to the CPU seconds (user + system) this shell's children
+# have used so far; `times` runs in this shell, not in a subshell, to see them.
+children_cpu() {
+    times >"$dir/times"
+    printf -v "$1" '%s' "$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/)
+        printf "%.3f", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$dir/times")"
+}
+# Process CPU seconds (user + system) of PID so far.
+process_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# One more run of "$@", reporting the CPU it took in sockctl and in sockd:
+# on shared or busy cores this is steadier than the wall time.
+cpu_report() {
+    local name=$1 prepare=$2; shift 2
+    local sockd_pid=${pids[-1]} c0 c1 d0 d1
+    eval "$prepare"
+    children_cpu c0; d0=$(process_cpu "$sockd_pid")
+    "$@" >/dev/null
+    children_cpu c1; d1=$(process_cpu "$sockd_pid")
+    awk -v n="$name" -v c="$c1" -v c0="$c0" -v d="$d1" -v d0="$d0" \
+        'BEGIN { printf "%-26s CPU: sockctl %.2f s + sockd %.2f s = %.2f s\n", n, c - c0, d - d0, c - c0 + d - d0 }'
+}
+
 declare -A results
 measure() {
     local name=$1 prepare=$2; shift 2
@@ -87,6 +109,8 @@ measure "sockctl put" "rm -f $home/src.bin" \
     "$SOCKCTL" put -q "$dir/src.bin"
 cmp "$dir/src.bin" "$home/src.bin"
 
+cpu_report "sockctl put" "rm -f $home/src.bin" "$SOCKCTL" put -q "$dir/src.bin"
+
 echo "== download (get)"
 measure "scp get" "rm -f $dir/local/scp.bin" \
     scp -q -P "$port" "${SSH_OPTS[@]}" "root@127.0.0.1:$dir/src.bin" "$dir/local/scp.bin"
@@ -97,6 +121,7 @@ measure "rsync get" "rm -f $dir/local/rsync.bin" \
 measure "sockctl get" "rm -f $dir/local/src.bin" \
     "$SOCKCTL" get -q src.bin "$dir/local/src.bin"
 cmp "$dir/src.bin" "$dir/local/src.bin"
+cpu_report "sockctl get" "rm -f $dir/local/src.bin" "$SOCKCTL" get -q src.bin "$dir/local/src.bin"
 
 best_of() { [ "$1" -gt "$2" ] && echo "$1" || echo "$2"; }
 scp_put=$(best_of "${results[scp put]}" "${results[scp put (aes128-gcm)]}")

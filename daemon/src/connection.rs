@@ -20,11 +20,12 @@ use sockd_proto::{ErrorCode, FrameCodec, Hello, Message};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::server::TlsStream;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Framed, FramedRead};
 
 type Transport = Framed<TlsStream<TcpStream>, FrameCodec>;
 
@@ -226,44 +227,38 @@ async fn run_session(
 ) {
     let peer = link.peer;
     let max_chunk = FrameCodec::max_data_chunk(link.framed.codec().max_send());
-    let (mut sink, mut stream) = link.framed.split();
-    let (out_tx, mut out_rx) = crate::outbound::channel();
+    // Reader and writer get their own halves of the TLS stream: the writer
+    // sends bulk DATA straight from the plugin's buffers (see
+    // crate::outbound::write_loop); frames the client already pipelined
+    // stay in the reader's buffer.
+    let parts = link.framed.into_parts();
+    let (read_half, write_half) = tokio::io::split(parts.io);
+    let mut stream = FramedRead::new(read_half, parts.codec.clone());
+    *stream.read_buffer_mut() = parts.read_buf;
+    let (out_tx, out_rx) = crate::outbound::channel();
     let backlog = out_tx.backlog().clone();
     let (closed_tx, mut closed_rx) = mpsc::unbounded_channel::<u32>();
+    let peer_closed = Arc::new(AtomicBool::new(false));
 
-    // The writer batches whatever is queued into one flush, and tells the
-    // reader when a channel's CLOSE has gone out.
-    let written = backlog.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(first) = out_rx.recv().await {
-            let mut next = Some(first);
-            while let Some(m) = next {
-                let closed = match &m {
-                    Message::Close { channel, .. } => Some(*channel),
-                    _ => None,
-                };
-                let weight = crate::outbound::weight(&m);
-                if sink.feed(m).await.is_err() {
-                    return;
-                }
-                written.written(weight);
-                if let Some(id) = closed {
-                    let _ = closed_tx.send(id);
-                }
-                next = out_rx.try_recv().ok();
-                if next.is_none() {
-                    // Give a plugin thread that is about to send more (DATA
-                    // then CLOSE) a moment, so both leave in one write.
-                    tokio::task::yield_now().await;
-                    next = out_rx.try_recv().ok();
-                }
+    // The writer batches whatever is queued into one flush. When a
+    // channel's CLOSE has gone out it ends the operation and queues the
+    // channel number for the reader, which frees it before it reads the
+    // next frame: no wake-up of the reader per finished call.
+    let mut writer = tokio::spawn(crate::outbound::write_loop(
+        write_half,
+        parts.codec,
+        parts.write_buf,
+        out_rx,
+        backlog.clone(),
+        {
+            let session = session.clone();
+            move |id| {
+                session.close_operation(id);
+                let _ = closed_tx.send(id);
             }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.close().await;
-    });
+        },
+        peer_closed.clone(),
+    ));
 
     let config = shared.config();
     let idle = config.server.idle_timeout();
@@ -272,6 +267,7 @@ async fn run_session(
     let mut channels: HashMap<u32, Arc<Channel>> = HashMap::new();
     let mut kicked = session.kicked();
     let mut going_away = false;
+    let mut writer_done = false;
     let mut idle_deadline = Instant::now() + idle;
     let fatal = |code: ErrorCode, message: String| {
         tracing::info!(%peer, session = session.id, code = code.slug(), "closing session: {message}");
@@ -287,9 +283,13 @@ async fn run_session(
             frame = stream.next(), if !backlog_full => {
                 idle_deadline = Instant::now() + idle;
                 let message = match frame {
-                    None => break,
+                    None => {
+                        peer_closed.store(true, Ordering::Relaxed);
+                        break;
+                    }
                     Some(Err(FrameError::Io(e))) => {
                         tracing::debug!(%peer, "read error: {e}");
+                        peer_closed.store(true, Ordering::Relaxed);
                         break;
                     }
                     Some(Err(e)) => {
@@ -307,10 +307,7 @@ async fn run_session(
                 };
                 // CLOSEs already written free their channel numbers before
                 // the client can reuse one.
-                while let Ok(id) = closed_rx.try_recv() {
-                    channels.remove(&id);
-                    session.close_operation(id);
-                }
+                forget_closed(&mut channels, &mut closed_rx);
                 if going_away && channels.is_empty() {
                     break;
                 }
@@ -387,17 +384,21 @@ async fn run_session(
                     }
                 }
             }
-            closed = closed_rx.recv() => {
-                // None: the writer failed, the client can no longer hear
-                // us (and a full backlog would never drain).
+            closed = closed_rx.recv(), if going_away => {
                 let Some(id) = closed else { break };
                 channels.remove(&id);
-                session.close_operation(id);
-                if going_away && channels.is_empty() {
+                if channels.is_empty() {
                     break;
                 }
             }
+            _ = &mut writer, if !writer_done => {
+                // The writer failed: the client can no longer hear us (and
+                // a full backlog would never drain).
+                writer_done = true;
+                break;
+            }
             _ = tokio::time::sleep_until(idle_deadline) => {
+                forget_closed(&mut channels, &mut closed_rx);
                 if channels.is_empty() {
                     fatal(ErrorCode::IdleTimeout, format!("no activity for {} s", idle.as_secs()));
                     break;
@@ -411,6 +412,7 @@ async fn run_session(
             _ = shutdown.recv(), if !going_away => {
                 going_away = true;
                 let _ = out_tx.send(Message::GoAway { code: ErrorCode::ShuttingDown, message: "the server is shutting down".into() });
+                forget_closed(&mut channels, &mut closed_rx);
                 if channels.is_empty() {
                     break;
                 }
@@ -418,7 +420,9 @@ async fn run_session(
         }
     }
 
-    for ch in channels.values() {
+    // Each channel holds a sender to the writer: drop ours, so the writer
+    // ends as soon as the plugin threads still running let go of theirs.
+    for (_, ch) in channels.drain() {
         ch.cancel();
     }
     drop(out_tx);
@@ -426,11 +430,21 @@ async fn run_session(
     // writer ends once every channel's plugin thread has dropped its sender;
     // cancelled channels make that prompt, and a stuck plugin cannot hold
     // the connection open past this bound.
-    let mut writer = writer;
-    if tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer)
-        .await
-        .is_err()
+    if !writer_done
+        && tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer)
+            .await
+            .is_err()
     {
         writer.abort();
+    }
+}
+
+/// Frees the numbers of channels whose CLOSE the writer has sent.
+fn forget_closed(
+    channels: &mut HashMap<u32, Arc<Channel>>,
+    closed: &mut mpsc::UnboundedReceiver<u32>,
+) {
+    while let Ok(id) = closed.try_recv() {
+        channels.remove(&id);
     }
 }

@@ -1,5 +1,6 @@
-//! The queue of frames waiting for one connection's writer, and the bound
-//! on how many bytes it may hold.
+//! The queue of frames waiting for one connection's writer, the bound on
+//! how many bytes it may hold, and the writer ([`write_loop`]) that drains
+//! it into TLS.
 //!
 //! Flow control alone does not bound the daemon's memory: the client
 //! chooses the window (up to 4 GiB per channel, more with CREDIT), and a
@@ -11,10 +12,14 @@
 //! has handed enough to TLS. A client that does not read therefore stalls
 //! only itself, as a full TCP window would.
 
-use sockd_proto::Message;
-use std::sync::atomic::{AtomicU64, Ordering};
+use bytes::{Buf, BytesMut};
+use sockd_proto::frame::{BATCH_LIMIT, DIRECT_DATA};
+use sockd_proto::{FrameCodec, Message};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
+use tokio_util::codec::Encoder;
 
 /// Bytes that may wait for one connection's writer before producers wait.
 pub const LIMIT: u64 = 4 << 20;
@@ -133,6 +138,82 @@ impl Outbound {
     }
 }
 
+/// The connection's writer: sends queued messages in order until the queue
+/// closes, batching what is queued at once into one flush. Bulk DATA goes
+/// to TLS without being copied into an output buffer first. Reports each
+/// message to the backlog once it is handed on, and each CLOSE to
+/// `on_close` so the channel number can be freed.
+///
+/// At the end it closes the TLS stream (close_notify), unless `peer_closed`
+/// says the client ended the connection first: it reads nothing more, and
+/// the alert would only cost a write that the client's kernel answers
+/// with a reset.
+pub async fn write_loop<W: AsyncWrite + Unpin>(
+    mut io: W,
+    mut codec: FrameCodec,
+    mut pending: BytesMut,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+    backlog: Arc<Backlog>,
+    mut on_close: impl FnMut(u32),
+    peer_closed: Arc<AtomicBool>,
+) {
+    let result: std::io::Result<()> = async {
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            while let Some(m) = next {
+                let closed_id = match &m {
+                    Message::Close { channel, .. } => Some(*channel),
+                    _ => None,
+                };
+                let weight = weight(&m);
+                match m {
+                    Message::Data {
+                        channel,
+                        stream,
+                        data,
+                    } if data.len() >= DIRECT_DATA => {
+                        let header = codec
+                            .data_header(channel, stream, data.len())
+                            .map_err(std::io::Error::other)?;
+                        pending.extend_from_slice(&header);
+                        let mut out = (&mut pending).chain(data);
+                        io.write_all_buf(&mut out).await?;
+                    }
+                    m => {
+                        codec
+                            .encode(m, &mut pending)
+                            .map_err(std::io::Error::other)?;
+                        if pending.len() >= BATCH_LIMIT {
+                            io.write_all_buf(&mut pending).await?;
+                        }
+                    }
+                }
+                backlog.written(weight);
+                if let Some(id) = closed_id {
+                    on_close(id);
+                }
+                next = rx.try_recv().ok();
+                if next.is_none() {
+                    // Give a plugin thread that is about to send more (DATA
+                    // then CLOSE) a moment, so both leave in one write.
+                    tokio::task::yield_now().await;
+                    next = rx.try_recv().ok();
+                }
+            }
+            io.write_all_buf(&mut pending).await?;
+            io.flush().await?;
+        }
+        if peer_closed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        io.shutdown().await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!("connection writer stopped: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +263,63 @@ mod tests {
         out.backlog().wake();
         waiter.join().unwrap();
         assert!(out.backlog().is_full());
+    }
+
+    /// Big DATA (written from its own buffer) and small frames (batched)
+    /// arrive as the same frames, in order; every message is reported to
+    /// the backlog and every CLOSE to the reader.
+    #[tokio::test]
+    async fn the_writer_sends_every_message_in_order() {
+        use futures_util::StreamExt;
+        use sockd_proto::frame::DEFAULT_MAX_FRAME;
+        use sockd_proto::{ErrorCode, FrameCodec};
+        use tokio_util::codec::FramedRead;
+
+        let (out, rx) = channel();
+        let (closed_tx, mut closed_rx) = mpsc::unbounded_channel();
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let codec = FrameCodec::new(DEFAULT_MAX_FRAME);
+        let max = FrameCodec::max_data_chunk(DEFAULT_MAX_FRAME);
+        let sent = vec![
+            data(10),
+            data(max),
+            Message::Credit {
+                channel: 1,
+                bytes: 5,
+            },
+            data(DIRECT_DATA),
+            data(DIRECT_DATA - 1),
+            Message::Close {
+                channel: 1,
+                code: ErrorCode::Ok,
+                value: 0,
+                message: "done".into(),
+            },
+        ];
+        for m in &sent {
+            out.send(m.clone()).unwrap();
+        }
+        let backlog = out.backlog().clone();
+        drop(out);
+        let writer = tokio::spawn(write_loop(
+            server,
+            codec.clone(),
+            BytesMut::new(),
+            rx,
+            backlog.clone(),
+            move |id| {
+                let _ = closed_tx.send(id);
+            },
+            Arc::new(AtomicBool::new(false)),
+        ));
+        let frames: Vec<_> = FramedRead::new(client, codec)
+            .map(|f| Message::decode(f.unwrap()).unwrap())
+            .collect()
+            .await;
+        writer.await.unwrap();
+        assert_eq!(frames, sent);
+        assert_eq!(backlog.queued.load(Ordering::Acquire), 0);
+        assert_eq!(closed_rx.recv().await, Some(1));
     }
 
     #[test]

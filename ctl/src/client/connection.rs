@@ -7,11 +7,12 @@ use super::channel::{ChannelHandle, ChannelShared};
 use super::config::Settings;
 use super::error::ClientError;
 use super::tls;
-use bytes::{Bytes, BytesMut};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, Stream, StreamExt};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
 use sockd_proto::auth::CHANNEL_BINDING_LABEL;
-use sockd_proto::frame::{DEFAULT_MAX_FRAME, FRAME_OVERHEAD, FrameError, MIN_MAX_FRAME};
+use sockd_proto::frame::{
+    BATCH_LIMIT, DEFAULT_MAX_FRAME, DIRECT_DATA, FRAME_OVERHEAD, FrameError, MIN_MAX_FRAME,
+};
 use sockd_proto::message::{MAX_ARGS, PROTOCOL_VERSION};
 use sockd_proto::{ErrorCode, Frame, FrameCodec, Hello, Message};
 use std::collections::HashMap;
@@ -19,13 +20,13 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
-
 use tokio_rustls::client::TlsStream;
-use tokio_util::codec::{Encoder, Framed};
+use tokio_util::codec::{Encoder, Framed, FramedRead};
 
 /// The credit sockctl grants the server on each channel.
 pub const WINDOW: u32 = 1 << 20;
@@ -325,8 +326,20 @@ impl Client {
             recv_window: WINDOW,
             send_window: info.window,
         });
-        let (sink, stream) = io.split();
-        let writer = tokio::spawn(write_loop(sink, out_rx, conn.clone()));
+        // Separate halves of the TLS stream, so that the writer can send
+        // bulk DATA from the caller's buffers (see `write_loop`); frames the
+        // server already sent stay in the reader's buffer.
+        let parts = io.into_parts();
+        let (read_half, write_half) = tokio::io::split(parts.io);
+        let mut stream = FramedRead::new(read_half, parts.codec.clone());
+        *stream.read_buffer_mut() = parts.read_buf;
+        let writer = tokio::spawn(write_loop(
+            write_half,
+            parts.codec,
+            parts.write_buf,
+            out_rx,
+            conn.clone(),
+        ));
         let reader = tokio::spawn(read_loop(stream, conn.clone()));
         Client {
             conn,
@@ -536,12 +549,16 @@ fn text_or(message: &str, code: ErrorCode) -> String {
     }
 }
 
+/// Sends queued messages in order, batching what is queued at once into
+/// one flush; bulk DATA goes to TLS without a copy into an output buffer.
 async fn write_loop(
-    mut sink: SplitSink<Transport, Message>,
+    mut io: WriteHalf<TlsStream<TcpStream>>,
+    mut codec: FrameCodec,
+    mut pending: BytesMut,
     mut rx: mpsc::UnboundedReceiver<Out>,
     conn: Arc<Conn>,
 ) {
-    let result = async {
+    let result: std::io::Result<()> = async {
         let mut shutdown = false;
         while !shutdown {
             let Some(mut next) = rx.recv().await else {
@@ -549,7 +566,25 @@ async fn write_loop(
             };
             loop {
                 match next {
-                    Out::Message(message) => sink.feed(message).await?,
+                    Out::Message(Message::Data {
+                        channel,
+                        stream,
+                        data,
+                    }) if data.len() >= DIRECT_DATA => {
+                        let header = codec
+                            .data_header(channel, stream, data.len())
+                            .map_err(std::io::Error::other)?;
+                        pending.extend_from_slice(&header);
+                        io.write_all_buf(&mut (&mut pending).chain(data)).await?;
+                    }
+                    Out::Message(message) => {
+                        codec
+                            .encode(message, &mut pending)
+                            .map_err(std::io::Error::other)?;
+                        if pending.len() >= BATCH_LIMIT {
+                            io.write_all_buf(&mut pending).await?;
+                        }
+                    }
                     Out::Shutdown => {
                         shutdown = true;
                         break;
@@ -560,9 +595,10 @@ async fn write_loop(
                     Err(_) => break,
                 }
             }
-            sink.flush().await?;
+            io.write_all_buf(&mut pending).await?;
+            io.flush().await?;
         }
-        sink.close().await
+        io.shutdown().await
     }
     .await;
     if let Err(e) = result {
@@ -573,7 +609,10 @@ async fn write_loop(
     }
 }
 
-async fn read_loop(mut stream: SplitStream<Transport>, conn: Arc<Conn>) {
+async fn read_loop(
+    mut stream: FramedRead<ReadHalf<TlsStream<TcpStream>>, FrameCodec>,
+    conn: Arc<Conn>,
+) {
     loop {
         let frame = match stream.next().await {
             Some(Ok(frame)) => frame,
