@@ -13,6 +13,9 @@
 # Usage: bench/chat.sh            (defaults below; override with the env)
 #   ONE2ONE=100000 FANOUT=5000 MEMBERS=100 SAMPLES=2000 IDLE=1000
 #   SYNC=full|normal|off   sockd's [plugins.chat] synchronous (default full)
+#   TESTS="one2one fanout latency"   which measurements to run (default all)
+#   BIN=DIR                use the binaries in DIR (sockd, sockctl,
+#                          libsockd_chat.so, chat-load) instead of building
 # Needs: mosquitto (apt-get install mosquitto mosquitto-clients), python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,14 +26,17 @@ MEMBERS=${MEMBERS:-100}
 SAMPLES=${SAMPLES:-2000}
 IDLE=${IDLE:-1000}
 SYNC=${SYNC:-full}
+TESTS=${TESTS:-one2one fanout latency}
 
 command -v mosquitto >/dev/null || { echo "bench/chat.sh: mosquitto is not installed: apt-get install mosquitto mosquitto-clients" >&2; exit 1; }
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-echo "== building (release)"
-cargo build --release -q -p sockd -p sockctl -p sockd-chat
-(cd bench/chat-load && cargo build --release -q --target-dir ../../target)
-BIN=$PWD/target/release
+if [ -z "${BIN:-}" ]; then
+    echo "== building (release)"
+    cargo build --release -q -p sockd -p sockctl -p sockd-chat
+    (cd bench/chat-load && cargo build --release -q --target-dir ../../target)
+    BIN=$PWD/target/release
+fi
 
 DIR=$(mktemp -d /tmp/chat-bench.XXXXXX)
 PIDS=()
@@ -105,16 +111,27 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$TLS") 2>/dev/null && break
 
 LOAD=$BIN/chat-load
 echo "== $(nproc) cores; sockd chat synchronous=$SYNC; $(mosquitto -h | head -1)"
-echo "== one sender -> one receiver ($ONE2ONE messages)"
-"$LOAD" sockd "$DIR/client.toml" "$DIR" one2one "$ONE2ONE"
-"$LOAD" mqtt "127.0.0.1:$TLS" tls one2one "$ONE2ONE"
-"$LOAD" mqtt "127.0.0.1:$PLAIN" plain one2one "$ONE2ONE"
-echo "== fan-out to $MEMBERS members ($FANOUT messages)"
-"$LOAD" sockd "$DIR/client.toml" "$DIR" fanout "$FANOUT" "$MEMBERS"
-"$LOAD" mqtt "127.0.0.1:$TLS" tls fanout "$FANOUT" "$MEMBERS"
-"$LOAD" mqtt "127.0.0.1:$PLAIN" plain fanout "$FANOUT" "$MEMBERS"
-echo "== latency, one message at a time ($SAMPLES samples, $IDLE idle clients)"
-"$LOAD" sockd "$DIR/client.toml" "$DIR" latency "$SAMPLES" "$IDLE"
-"$LOAD" mqtt "127.0.0.1:$TLS" tls latency "$SAMPLES" "$IDLE"
-"$LOAD" mqtt "127.0.0.1:$PLAIN" plain latency "$SAMPLES" "$IDLE"
+for test in $TESTS; do
+    case $test in
+    one2one)
+        echo "== one sender -> one receiver ($ONE2ONE messages)"
+        "$LOAD" sockd "$DIR/client.toml" "$DIR" one2one "$ONE2ONE"
+        "$LOAD" mqtt "127.0.0.1:$TLS" tls one2one "$ONE2ONE"
+        "$LOAD" mqtt "127.0.0.1:$PLAIN" plain one2one "$ONE2ONE"
+        ;;
+    fanout)
+        echo "== fan-out to $MEMBERS members ($FANOUT messages)"
+        "$LOAD" sockd "$DIR/client.toml" "$DIR" fanout "$FANOUT" "$MEMBERS"
+        "$LOAD" mqtt "127.0.0.1:$TLS" tls fanout "$FANOUT" "$MEMBERS"
+        "$LOAD" mqtt "127.0.0.1:$PLAIN" plain fanout "$FANOUT" "$MEMBERS"
+        ;;
+    latency)
+        echo "== latency, one message at a time ($SAMPLES samples, $IDLE idle clients)"
+        "$LOAD" sockd "$DIR/client.toml" "$DIR" latency "$SAMPLES" "$IDLE"
+        "$LOAD" mqtt "127.0.0.1:$TLS" tls latency "$SAMPLES" "$IDLE"
+        "$LOAD" mqtt "127.0.0.1:$PLAIN" plain latency "$SAMPLES" "$IDLE"
+        ;;
+    *) echo "bench/chat.sh: unknown test $test (one2one, fanout, latency)" >&2; exit 2 ;;
+    esac
+done
 echo "== history kept: $(sqlite3 "$DIR/state/chat/chat.db" 'select count(*) from messages' 2>/dev/null || echo '?') messages in the chat database"

@@ -2,8 +2,10 @@
 //! and real `sockctl chat` clients as several users — direct messages,
 //! rooms and presence, limits and their errors, offline delivery that
 //! survives SIGKILL exactly once, a hot reload under a live listener, 50
-//! concurrent senders with rooms churning, and the interactive client
-//! driven through tmux.
+//! concurrent senders with rooms churning, the interactive client driven
+//! through tmux; live delivery ahead of the commit with only confirmed
+//! messages durable across SIGKILL, ids increasing across restarts, and
+//! one room order for every member under concurrent senders.
 
 use sockd_e2e::{Daemon, Options, OutputExt, TEST_CONFIG, wait_until};
 use std::collections::HashMap;
@@ -506,6 +508,24 @@ fn hot_reload_keeps_old_listeners_served() {
     );
     s.run_ok("demo", &["chat", "send", "bob", "last"]);
     assert_eq!(texts(&s.read("bob")), ["last"]);
+    // The first build delivered live before its commits until the new one
+    // opened the database; then both delivered after the commit.
+    let log = s.d.log_text();
+    assert!(
+        log.contains("another build uses the database"),
+        "the live build handed over"
+    );
+    // The old build ended with its last listener: the new one is alone and
+    // delivers live again.
+    assert!(
+        wait_until(LIMIT, || s
+            .d
+            .log_text()
+            .contains("this build is alone again")),
+        "the new build went live"
+    );
+    s.run_ok("demo", &["chat", "send", "bob", "live again"]);
+    assert_eq!(texts(&s.read("bob")), ["live again"]);
 }
 
 #[test]
@@ -710,4 +730,224 @@ fn interactive_client_prints_messages_above_a_half_typed_line() {
     // The message shown in the client was acknowledged: not waiting any more.
     let out = s.run_ok("demo", &["chat", "read", "--json"]);
     assert!(json_lines(&out).is_empty(), "{out}");
+}
+
+/// Holds the chat store's cross-build lock (`chat.db.lock`) from the test
+/// process: the daemon's store thread cannot commit until it is dropped.
+struct CommitsBlocked {
+    /// Holding the open file holds the flock; closing it releases it.
+    _lock: std::fs::File,
+}
+
+impl CommitsBlocked {
+    fn hold(s: &ChatServer) -> CommitsBlocked {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(s.d.path("state/chat/chat.db.lock"))
+            .expect("the chat store's lock file");
+        file.lock().expect("flock chat.db.lock");
+        CommitsBlocked { _lock: file }
+    }
+}
+
+/// The `id` of the message with `text` among `seen`.
+fn id_of(seen: &[serde_json::Value], text: &str) -> i64 {
+    seen.iter()
+        .find(|m| m["text"] == text)
+        .and_then(|m| m["id"].as_i64())
+        .unwrap_or_else(|| panic!("{text:?} not among {seen:?}"))
+}
+
+#[test]
+fn live_delivery_precedes_the_commit_and_only_confirmed_messages_are_durable() {
+    let mut s = ChatServer::start("");
+    s.add_user("bob");
+    let mut bob = s.follow("bob");
+    assert!(wait_until(LIMIT, || s
+        .run_ok("demo", &["chat", "who"])
+        .lines()
+        .any(|l| l == "bob")));
+    let first = json_lines(&s.run_ok("demo", &["chat", "send", "bob", "committed", "--json"]));
+    let committed_id = first[0]["id"].as_i64().unwrap();
+    assert!(bob.wait_for(LIMIT, |seen| seen.len() == 1));
+
+    // With commits blocked, bob still gets the message at once; the sender
+    // is confirmed only once the commit could happen.
+    let blocked = CommitsBlocked::hold(&s);
+    let mut sender = s
+        .sockctl("demo")
+        .args(["chat", "send", "bob", "live first", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        bob.wait_for(LIMIT, |seen| seen.len() == 2),
+        "delivered before its commit: {:?}",
+        bob.seen
+    );
+    assert!(
+        sender.try_wait().unwrap().is_none(),
+        "confirmed although nothing could be committed"
+    );
+    drop(blocked);
+    let out = sender.wait_with_output().unwrap();
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    let live_first = json_lines(&out.stdout_text())[0]["id"].as_i64().unwrap();
+    assert_eq!(live_first, id_of(&bob.seen, "live first"));
+
+    // A message delivered live but never committed is what a crash loses:
+    // its sender was never confirmed.
+    let blocked = CommitsBlocked::hold(&s);
+    let mut unconfirmed = s
+        .sockctl("demo")
+        .args(["chat", "send", "bob", "never committed"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        bob.wait_for(LIMIT, |seen| seen.len() == 3),
+        "{:?}",
+        bob.seen
+    );
+    let lost_id = id_of(&bob.seen, "never committed");
+    assert!(unconfirmed.try_wait().unwrap().is_none());
+    s.d.restart_after_kill();
+    drop(blocked);
+    let status = unconfirmed.wait().unwrap();
+    assert!(!status.success(), "the unconfirmed sender saw an error");
+    drop(bob);
+
+    // Every confirmed message survived, the unconfirmed one is gone, and
+    // ids go on above every id handed out before the kill.
+    let history = json_lines(&s.run_ok("bob", &["chat", "history", "demo", "--json"]));
+    assert_eq!(texts(&history), ["committed", "live first"]);
+    let after = json_lines(&s.run_ok("demo", &["chat", "send", "bob", "after restart", "--json"]));
+    let after_id = after[0]["id"].as_i64().unwrap();
+    assert!(
+        committed_id < live_first && live_first < lost_id && lost_id < after_id,
+        "ids {committed_id} < {live_first} < {lost_id} < {after_id}"
+    );
+    // bob acknowledged what he was shown before the kill; what was lost is
+    // not offered again, the new message is.
+    let waiting = s.read("bob");
+    assert!(
+        waiting.iter().all(|m| m["text"] != "never committed"),
+        "{waiting:?}"
+    );
+    assert_eq!(
+        texts(&waiting).last().map(String::as_str),
+        Some("after restart")
+    );
+    // A second kill and restart: ids still increase, nothing repeats.
+    s.d.restart_after_kill();
+    let again = json_lines(&s.run_ok("demo", &["chat", "send", "bob", "second restart", "--json"]));
+    assert!(again[0]["id"].as_i64().unwrap() > after_id);
+    let history = json_lines(&s.run_ok("demo", &["chat", "history", "bob", "--json"]));
+    assert_eq!(
+        texts(&history),
+        ["committed", "live first", "after restart", "second restart"]
+    );
+}
+
+#[test]
+fn concurrent_senders_into_one_room_are_seen_in_one_order_by_every_member() {
+    const SENDERS: usize = 8;
+    const EACH: usize = 300;
+    let mut s = ChatServer::start("rate_per_sec = 1000000\nburst = 1000000\n");
+    let members = ["bob", "carol", "dave"];
+    for user in members {
+        s.add_user(user);
+        s.run_ok(user, &["chat", "join", "#order"]);
+    }
+    s.run_ok("demo", &["chat", "join", "#order"]);
+    let mut receivers: Vec<Follower> = members.iter().map(|u| s.follow(u)).collect();
+    std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|i| {
+                // Two sessions of demo and the members themselves send at once.
+                let user = ["demo", "demo", "bob", "carol"][i % 4];
+                let input: String = (0..EACH).map(|n| format!("s{i} {n}\n")).collect();
+                let mut child = s
+                    .sockctl(user)
+                    .args(["chat", "send", "#order", "-", "--lines"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut stdin = child.stdin.take().unwrap();
+                scope.spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+                child
+            })
+            .collect();
+        for child in senders {
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.code(), 0, "sender: {}", out.stderr_text());
+        }
+    });
+    // Each member gets every message but their own.
+    let expected = |user: &str| {
+        (0..SENDERS)
+            .filter(|i| ["demo", "demo", "bob", "carol"][i % 4] != user)
+            .count()
+            * EACH
+    };
+    let mut orders = Vec::new();
+    for (r, user) in receivers.iter_mut().zip(members) {
+        let want = expected(user);
+        assert!(
+            r.wait_for(LIMIT, |seen| seen
+                .iter()
+                .filter(|m| m["kind"] == "msg")
+                .count()
+                == want),
+            "{user} got {} of {want}",
+            r.messages().len()
+        );
+        let ids: Vec<i64> = r
+            .messages()
+            .iter()
+            .map(|m| m["id"].as_i64().unwrap())
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{user}: in id order");
+        let mut next = [0usize; SENDERS];
+        for m in r.messages() {
+            let (i, n) = m["text"]
+                .as_str()
+                .and_then(|t| t.strip_prefix('s'))
+                .and_then(|t| t.split_once(' '))
+                .unwrap();
+            let (i, n): (usize, usize) = (i.parse().unwrap(), n.parse().unwrap());
+            assert_eq!(n, next[i], "{user}: sender {i} out of order");
+            next[i] += 1;
+        }
+        orders.push(r.messages());
+    }
+    // The same room order for everyone: what two members both received,
+    // they received in the same order, which is also the history's.
+    let history = json_lines(&s.run_ok(
+        "dave",
+        &["chat", "history", "#order", "-n", "10000", "--json"],
+    ));
+    let history: Vec<i64> = history
+        .iter()
+        .filter(|m| m["kind"] == "msg")
+        .map(|m| m["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(history.len(), SENDERS * EACH);
+    for order in &orders {
+        let ids: Vec<i64> = order.iter().map(|m| m["id"].as_i64().unwrap()).collect();
+        let in_history: Vec<i64> = history
+            .iter()
+            .copied()
+            .filter(|id| ids.contains(id))
+            .collect();
+        assert_eq!(ids, in_history, "live order is the history's order");
+    }
+    for r in receivers {
+        r.interrupt();
+    }
 }

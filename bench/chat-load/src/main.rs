@@ -268,9 +268,11 @@ async fn sockd_main(args: &[String]) -> Result<(), Error> {
             }
             let (tx_client, rx_client) = (s.connect("demo").await?, s.connect("r0").await?);
             let mut rx = listen(&rx_client).await?;
-            // Its result lines are not read: a latency run's few hundred KiB
-            // fit in the channel's window.
-            let tx = sender(&tx_client, "r0").await?;
+            // Its result lines (each confirms a commit) are drained in the
+            // background: unread, they would fill the channel's window.
+            let channel = sender(&tx_client, "r0").await?;
+            let tx = channel.sender();
+            let drained = drain(channel);
             let mut samples = Vec::with_capacity(n as usize);
             for _ in 0..n {
                 let sent = now_ns(start);
@@ -281,6 +283,7 @@ async fn sockd_main(args: &[String]) -> Result<(), Error> {
                 samples.push((now_ns(start) - got) as f64 / 1e6);
             }
             tx.send_eof(stream::MAIN).await?;
+            drained.await??;
             report_latency("sockd", samples, idle);
             drop(idle_clients);
         }

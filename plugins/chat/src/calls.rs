@@ -2,28 +2,37 @@
 //! ...), and `listen`, the long-lived channel of a chat client that
 //! receives deliveries and carries the same operations as JSON requests.
 //!
-//! Every operation is a closure run by the store thread (see [`Store`]);
-//! a call thread submits all the requests it has read before waiting for
-//! the answers, so a client that pipelines requests gets them committed in
-//! a few large transactions instead of one fsync each.
+//! Every operation is a job of the store thread (see [`Store`]); a call
+//! thread submits all the requests it has read before waiting for the
+//! answers, so a client that pipelines requests gets them committed in a
+//! few large transactions instead of one fsync each. Sends, joins and
+//! leaves go through [`Store::send`] and its siblings, which push a message
+//! to listening recipients as soon as it is accepted.
 
 use crate::Chat;
 use crate::store::{InboxState, Pending, Store};
 use crate::wire::{self, Message, Request, Target};
 use serde_json::{Value, json};
 use sockd_plugin::{Call, Channel, ChannelError, Code, Failure, Input, stream};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, mpsc};
 use std::time::Duration;
 
 const USAGE: &str = "usage: chat listen [--no-live] | send TARGET [TEXT] | send-lines TARGET | who [#ROOM] \
                      | join #ROOM | leave #ROOM | rooms | history TARGET [LIMIT [BEFORE_ID]]";
-/// Deliveries per replay query.
-const REPLAY_CHUNK: u32 = 512;
+/// Deliveries per replay query. Each query waits for a batch of the store
+/// thread (and its commit), so a listener that fell behind catches up in
+/// large steps.
+const REPLAY_CHUNK: u32 = 4096;
 /// Default and largest number of messages `history` returns.
 const HISTORY_DEFAULT: u32 = 50;
 const HISTORY_MAX: u32 = 10_000;
 /// Input gathered before the requests read so far are submitted.
 const GATHER_BYTES: usize = 256 * 1024;
+/// Results a `send-lines` call may owe at once (its reading waits beyond).
+const IN_FLIGHT: usize = 2 * 1024;
+/// How often an idle listener checks [`Store::lost_epoch`].
+const LOST_CHECK: Duration = Duration::from_secs(10);
 
 pub fn handle(chat: &Chat, call: &Call<'_>) -> Result<(), Failure> {
     let args = call.str_args()?;
@@ -50,14 +59,14 @@ pub fn handle(chat: &Chat, call: &Call<'_>) -> Result<(), Failure> {
             let store = chat.store(call)?;
             answer(
                 call,
-                join(&store, call.user(), arg(1).unwrap_or_default()).wait()?,
+                join(&store, call.user(), arg(1).unwrap_or_default())?.wait()?,
             )
         }
         (Some("leave"), 2) => {
             let store = chat.store(call)?;
             answer(
                 call,
-                leave(&store, call.user(), arg(1).unwrap_or_default()).wait()?,
+                leave(&store, call.user(), arg(1).unwrap_or_default())?.wait()?,
             )
         }
         (Some("rooms"), 1) => {
@@ -151,28 +160,33 @@ fn submit_send(
     to: &str,
     text: String,
 ) -> Result<Pending<Message>, Failure> {
-    let settings = chat.settings();
     let target = Target::parse(to)?;
+    let text = check_message(chat, from, text)?;
+    store.send(from, target, text)
+}
+
+/// Checks a message text against the size and rate limits.
+fn check_message(chat: &Chat, from: &str, text: String) -> Result<String, Failure> {
+    // Only the limits: a full copy of the settings allocates.
+    let (max_message_bytes, rate_per_sec, burst) = {
+        let s = chat.settings.lock().unwrap_or_else(PoisonError::into_inner);
+        (s.max_message_bytes, s.rate_per_sec, s.burst)
+    };
     if text.is_empty() {
         return Err(Failure::bad_request("empty message"));
     }
-    if text.len() > settings.max_message_bytes {
-        return Err(too_large(text.len(), settings.max_message_bytes));
+    if text.len() > max_message_bytes {
+        return Err(too_large(text.len(), max_message_bytes));
     }
-    if !chat
-        .limiter
-        .allow(from, settings.rate_per_sec, settings.burst)
-    {
+    if !chat.limiter.allow(from, rate_per_sec, burst) {
         return Err(Failure::new(
             Code::RateLimited,
             format!(
-                "rate limited: at most {} messages per second (burst {}); slow down",
-                settings.rate_per_sec, settings.burst
+                "rate limited: at most {rate_per_sec} messages per second (burst {burst}); slow down"
             ),
         ));
     }
-    let from = from.to_string();
-    Ok(store.submit(move |t| t.send(&from, &target, "msg", &text)))
+    Ok(text)
 }
 
 fn accepted(m: &Message) -> Value {
@@ -187,62 +201,132 @@ fn send_one(chat: &Chat, call: &Call<'_>, to: &str, text: String) -> Result<(), 
 
 /// `send-lines TARGET`: every line of stream 0 is a message; one result
 /// line per message on stream 0. Stops at the first refused message.
+///
+/// Lines are read and submitted (and so pushed to listening recipients)
+/// while earlier ones are still being committed: a second thread waits
+/// for the commits and writes the results, in order.
 fn send_lines(chat: &Chat, call: &Call<'_>, to: &str) -> Result<(), Failure> {
     let store = chat.store(call)?;
     let ch = call.channel();
     let limit = chat.settings().max_message_bytes;
     let user = call.user();
     // Check the target once, before reading anything.
+    let target = Target::parse(to)?;
     {
-        let (user, target) = (user.to_string(), Target::parse(to)?);
+        let (user, target) = (user.to_string(), target.clone());
         store.run(move |t| t.check_target(&user, &target))?;
     }
     let mut input = LineReader::new(ch, stream::MAIN, limit + 2);
+    let (owed, owed_rx) = mpsc::sync_channel::<Result<Pending<Message>, Failure>>(IN_FLIGHT);
+    let refused = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let confirmer = scope.spawn(|| confirm(ch, owed_rx, &refused));
+        let read = (|| -> Result<(), Failure> {
+            loop {
+                let (lines, eof) = input.next_lines()?;
+                if refused.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+                let mut texts = Vec::with_capacity(lines.len());
+                let mut refusal = None;
+                for line in lines {
+                    match String::from_utf8(line) {
+                        Ok(text) if text.trim_end_matches('\r').is_empty() => {}
+                        Ok(mut text) => {
+                            text.truncate(text.trim_end_matches('\r').len());
+                            match check_message(chat, user, text) {
+                                Ok(text) => texts.push(text),
+                                Err(e) => {
+                                    refusal = Some(e);
+                                    break;
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            refusal = Some(Failure::bad_request("the message text must be UTF-8"));
+                            break;
+                        }
+                    }
+                }
+                // All that was read at once is pushed in as few pushes as
+                // possible.
+                let (sent, store_refusal) = store.send_all(user, &target, texts);
+                for pending in sent {
+                    if owed.send(Ok(pending)).is_err() {
+                        return Ok(());
+                    }
+                }
+                if let Some(e) = store_refusal.or(refusal) {
+                    let _ = owed.send(Err(e));
+                    return Ok(());
+                }
+                if eof {
+                    return Ok(());
+                }
+            }
+        })();
+        drop(owed);
+        let confirmed = confirmer
+            .join()
+            .unwrap_or_else(|_| Err(Failure::internal("the send-lines results thread failed")));
+        // A refusal came first in the input; a read error after it.
+        confirmed.and(read)
+    })
+}
+
+/// Writes `send-lines` results in order as their commits complete; at the
+/// first refusal sets `refused` and returns it, saying how many were sent.
+fn confirm(
+    ch: Channel,
+    owed: mpsc::Receiver<Result<Pending<Message>, Failure>>,
+    refused: &AtomicBool,
+) -> Result<(), Failure> {
+    let mut out = Vec::new();
     let mut sent = 0u64;
+    let flush = |out: &mut Vec<u8>| -> Result<(), Failure> {
+        if !out.is_empty() {
+            ch.write(stream::MAIN, out)?;
+            out.clear();
+        }
+        Ok(())
+    };
     loop {
-        let (lines, eof) = input.next_lines()?;
-        let mut pending = Vec::with_capacity(lines.len());
-        let mut refused = None;
-        for line in lines {
-            let text = String::from_utf8(line)
-                .map_err(|_| Failure::bad_request("the message text must be UTF-8"));
-            let text = match text {
-                Ok(text) if text.trim_end_matches('\r').is_empty() => continue,
-                Ok(text) => text.trim_end_matches('\r').to_string(),
-                Err(e) => {
-                    refused = Some(e);
-                    break;
-                }
-            };
-            match submit_send(chat, &store, user, to, text) {
-                Ok(p) => pending.push(p),
-                Err(e) => {
-                    refused = Some(e);
-                    break;
+        let item = match owed.try_recv() {
+            Ok(item) => item,
+            Err(mpsc::TryRecvError::Empty) => {
+                flush(&mut out)?;
+                match owed.recv() {
+                    Ok(item) => item,
+                    Err(_) => break,
                 }
             }
-        }
-        let mut out = Vec::new();
-        for p in pending {
-            match p.wait() {
-                Ok(m) => {
-                    out.extend(wire::json_line(&accepted(&m)));
-                    sent += 1;
-                }
-                Err(e) => {
-                    refused.get_or_insert(e);
+            Err(mpsc::TryRecvError::Disconnected) => break,
+        };
+        let result = item.and_then(|p| match p.try_wait() {
+            Some(result) => result,
+            None => {
+                // Say what is confirmed before waiting for the next commit.
+                flush(&mut out)?;
+                p.wait()
+            }
+        });
+        match result {
+            Ok(m) => {
+                out.extend(wire::json_line(&accepted(&m)));
+                sent += 1;
+                if out.len() >= GATHER_BYTES {
+                    flush(&mut out)?;
                 }
             }
-        }
-        ch.write(stream::MAIN, &out)?;
-        if let Some(mut e) = refused {
-            e.message = format!("{} ({sent} message(s) sent before)", e.message);
-            return Err(e);
-        }
-        if eof {
-            return Ok(());
+            Err(mut e) => {
+                refused.store(true, Ordering::Release);
+                flush(&mut out)?;
+                e.message = format!("{} ({sent} message(s) sent before)", e.message);
+                return Err(e);
+            }
         }
     }
+    flush(&mut out)
 }
 
 /// Splits a stream's input into lines, gathering what is already there.
@@ -253,6 +337,8 @@ struct LineReader {
     partial: Vec<u8>,
     buf: Vec<u8>,
     eof: bool,
+    /// Give up waiting for the first input after this long (no lines).
+    idle: Option<Duration>,
 }
 
 impl LineReader {
@@ -264,6 +350,7 @@ impl LineReader {
             partial: Vec::new(),
             buf: vec![0; 64 * 1024],
             eof: false,
+            idle: None,
         }
     }
 
@@ -272,7 +359,7 @@ impl LineReader {
     fn next_lines(&mut self) -> Result<(Vec<Vec<u8>>, bool), Failure> {
         let mut lines = Vec::new();
         let mut gathered = 0;
-        let mut timeout = None;
+        let mut timeout = self.idle;
         while !self.eof && gathered < GATHER_BYTES {
             match self.ch.read(&mut self.buf, timeout) {
                 Ok(Input::Data { stream, len }) if stream == self.stream => {
@@ -321,6 +408,7 @@ fn who(chat: &Chat, store: &Store, user: &str, room: Option<&str>) -> Result<Val
     let host = chat.host;
     match room {
         None => {
+            store.register(user);
             let user = user.to_string();
             let users = store.run(move |t| {
                 t.register(&user)?;
@@ -347,22 +435,24 @@ fn who(chat: &Chat, store: &Store, user: &str, room: Option<&str>) -> Result<Val
     }
 }
 
-fn join(store: &Store, user: &str, room: &str) -> Pending<Value> {
-    let (user, room) = (user.to_string(), room.to_string());
-    store.submit(move |t| {
-        let room = wire::room_name(&room)?;
-        let members = t.join(&user, &room)?;
+/// A join's answer once committed: the room and its members.
+fn join(store: &Store, user: &str, room: &str) -> Result<Owed<'static>, Failure> {
+    let room = wire::room_name(room)?;
+    let members = store.join(user, room.clone())?;
+    Ok(Owed::reply(None, move || {
+        let members = members.wait()?;
         Ok(json!({ "room": room, "members": members }))
-    })
+    }))
 }
 
-fn leave(store: &Store, user: &str, room: &str) -> Pending<Value> {
-    let (user, room) = (user.to_string(), room.to_string());
-    store.submit(move |t| {
-        let room = wire::room_name(&room)?;
-        t.leave(&user, &room)?;
+/// A leave's answer once committed.
+fn leave(store: &Store, user: &str, room: &str) -> Result<Owed<'static>, Failure> {
+    let room = wire::room_name(room)?;
+    let left = store.leave(user, room.clone())?;
+    Ok(Owed::reply(None, move || {
+        left.wait()?;
         Ok(json!({ "room": room }))
-    })
+    }))
 }
 
 fn rooms(store: &Store, user: &str) -> Pending<Value> {
@@ -410,6 +500,14 @@ impl<'a> Owed<'a> {
     fn refused(reference: Option<u64>, failure: Failure) -> Self {
         Owed::reply(reference, move || Err(failure))
     }
+
+    fn with(self, reference: Option<u64>) -> Self {
+        Owed { reference, ..self }
+    }
+
+    fn wait(self) -> Result<Value, Failure> {
+        (self.result)()
+    }
 }
 
 /// `chat listen`: the channel of a chat client. Deliveries go out on
@@ -424,6 +522,8 @@ fn listen(chat: &Chat, call: &Call<'_>, live: bool) -> Result<(), Failure> {
     if live {
         ch.subscribe()?;
     }
+    store.register(&user);
+    let lost = store.lost_epoch();
     let u = user.clone();
     let state: InboxState = store.run(move |t| {
         t.register(&u)?;
@@ -438,6 +538,8 @@ fn listen(chat: &Chat, call: &Call<'_>, live: bool) -> Result<(), Failure> {
         stream::CONTROL,
         4 * chat.settings().max_message_bytes + 4096,
     );
+    // Wakes up now and then to see whether live messages were lost.
+    input.idle = Some(LOST_CHECK);
     loop {
         let (lines, eof) = match input.next_lines() {
             Ok(read) => read,
@@ -445,6 +547,14 @@ fn listen(chat: &Chat, call: &Call<'_>, live: bool) -> Result<(), Failure> {
             Err(f) if f.code == Code::Cancelled => return Ok(()),
             Err(f) => return Err(f),
         };
+        if store.lost_epoch() != lost {
+            // Deliveries this client saw were lost with a failed commit
+            // and their numbers given again: it must start afresh.
+            return Err(Failure::new(
+                Code::Unavailable,
+                "the chat store failed to commit messages already delivered; reconnect",
+            ));
+        }
         let mut owed = Vec::with_capacity(lines.len());
         for line in lines {
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -510,17 +620,13 @@ fn dispatch<'a>(chat: &'a Chat, store: &'a Store, user: &str, request: Request) 
             })
         }
         Some("join") => match request.room {
-            Some(room) => {
-                let p = join(store, user, &room);
-                Owed::reply(reference, move || p.wait())
-            }
+            Some(room) => join(store, user, &room)
+                .map_or_else(|e| Owed::refused(reference, e), |o| o.with(reference)),
             None => missing("room"),
         },
         Some("leave") => match request.room {
-            Some(room) => {
-                let p = leave(store, user, &room);
-                Owed::reply(reference, move || p.wait())
-            }
+            Some(room) => leave(store, user, &room)
+                .map_or_else(|e| Owed::refused(reference, e), |o| o.with(reference)),
             None => missing("room"),
         },
         Some("rooms") => {

@@ -3,6 +3,8 @@
 //!
 //! - [`config`]: the `[plugins.chat]` settings;
 //! - [`store`]: the SQLite database and its group-committing thread;
+//! - [`live`]: the in-memory roster that numbers messages so they are
+//!   pushed before their commit;
 //! - [`calls`]: the `chat` command's subcommands, including the long-lived
 //!   `chat listen` channel of interactive clients;
 //! - [`wire`]: JSON shapes and name rules; [`rate`]: flood protection.
@@ -11,6 +13,7 @@
 //! guide in docs/CHAT.md.
 
 mod calls;
+mod live;
 // Public only for the fuzz targets (fuzz/); not an API.
 #[doc(hidden)]
 pub mod config;

@@ -3,10 +3,20 @@
 //!
 //! Call threads hand the store thread closures ([`Store::submit`]). The
 //! store thread takes every job waiting, runs them all in ONE transaction,
-//! commits (fsync), then pushes the new deliveries to listening clients in
-//! commit order, and only then answers each job. So a sender is told
-//! "accepted" only once its message is on disk, and pushes reach each
-//! recipient in the order of its delivery numbers.
+//! commits (fsync), and only then answers each job. So a sender is told
+//! "accepted" only once its message is on disk.
+//!
+//! Messages are numbered and pushed in one of two [`Mode`]s. While this
+//! build is the only one with the database open, the sender's call thread
+//! numbers a message from the in-memory roster ([`crate::live`]), queues
+//! it and pushes it to the listening recipients at once: live delivery
+//! does not wait for the disk. Otherwise (two builds during a hot reload)
+//! the store thread numbers it from the database inside the transaction
+//! and pushes after the commit, under the lock below. Which build may
+//! number in memory is decided with two more flock files, `chat.db.live`
+//! (held exclusively by the live build) and `chat.db.shared` (held shared
+//! by every other build); a live build that sees another connection
+//! commit hands over: it commits what it numbered and falls back.
 //!
 //! Two builds of the plugin can be loaded at once (hot reload), each with
 //! its own copy of SQLite. SQLite's POSIX locks cannot keep two copies in
@@ -18,6 +28,7 @@
 //! docs/CHAT.md, "Storage").
 
 use crate::config::{Settings, Sync};
+use crate::live::{Accepted, ID_RESERVATION, Membership, Mode, Roster};
 use crate::wire::{Message, Target};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -26,15 +37,23 @@ use sockd_plugin::{Code, Failure, Host, stream};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Jobs run in one transaction at most; more wait for the next batch.
 const MAX_BATCH: usize = 8192;
-/// How often a lagging listener is reminded of what it missed.
-const LAGGING_RETRY: Duration = Duration::from_millis(200);
+/// How often a lagging listener is reminded of what it missed, and how
+/// often the numbering mode is checked (another build's commits; whether
+/// this build is alone again).
+const TICK: Duration = Duration::from_millis(200);
+/// Lines of one sender's messages pushed to one recipient at once at most
+/// (one line may be longer).
+const PUSH_BYTES: usize = 32 * 1024;
+/// Reminders of its latest delivery a lagging user's listeners all take.
+const REMINDERS: u8 = 3;
 /// How often old history is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Rows deleted per prune step, so a prune never holds the store for long.
@@ -74,6 +93,10 @@ CREATE TABLE IF NOT EXISTS members(
     PRIMARY KEY(room, user)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_user ON members(user, room);
+CREATE TABLE IF NOT EXISTS meta(
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
 PRAGMA user_version = 1;
 ";
 
@@ -94,14 +117,80 @@ type Done = Box<dyn FnOnce(Result<(), Failure>) + Send>;
 type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Done + Send>;
 
 enum Work {
-    Job(Job),
+    /// `live`: writes a message numbered from the roster (dropped unrun if
+    /// an earlier live batch failed to commit).
+    Job {
+        job: Job,
+        live: bool,
+    },
     Stop,
+}
+
+/// What call threads and the store thread share.
+struct Shared {
+    host: Host,
+    /// How messages are numbered now. Held while a change to numbering
+    /// (send, join, leave, a new user) is decided AND queued, so the store
+    /// thread sees them in roster order.
+    mode: Mutex<Mode>,
+    /// Ids below this are durably reserved (live mode).
+    reserved: AtomicI64,
+    /// A reservation further ahead is queued.
+    reserving: AtomicBool,
+    /// Users with a listener that missed a push (its window was full),
+    /// with their latest delivery number and how many more reminders to
+    /// send once every listener took one (a client that is replaying
+    /// ignores a reminder, so one is not enough).
+    lagging: Mutex<HashMap<String, (i64, u8)>>,
+    /// Counts the commits that failed after their messages were pushed
+    /// live: listeners end, so their clients start again from the database.
+    lost: AtomicU64,
+}
+
+impl Shared {
+    fn mode(&self) -> MutexGuard<'_, Mode> {
+        self.mode.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Pushes each (user, seq, line) and notes the listeners that missed one.
+    fn push(&self, pushes: impl IntoIterator<Item = (String, i64, Vec<u8>)>) {
+        let mut full_users: Vec<(String, i64)> = Vec::new();
+        let mut caught_up: Vec<String> = Vec::new();
+        for (user, seq, line) in pushes {
+            let pushed = self.host.push_user(&user, stream::MAIN, &line);
+            if pushed.full > 0 {
+                full_users.push((user, seq));
+            } else if pushed.delivered > 0 {
+                // A later delivery that every listener took reveals any
+                // earlier gap by itself.
+                full_users.retain(|(u, _)| *u != user);
+                caught_up.push(user);
+            }
+        }
+        if full_users.is_empty() && caught_up.is_empty() {
+            return;
+        }
+        let mut lagging = self.lagging.lock().unwrap_or_else(PoisonError::into_inner);
+        if lagging.is_empty() && full_users.is_empty() {
+            return;
+        }
+        for user in caught_up {
+            lagging.remove(&user);
+        }
+        lagging.extend(
+            full_users
+                .into_iter()
+                .map(|(user, seq)| (user, (seq, REMINDERS))),
+        );
+    }
 }
 
 /// The store of one loaded build.
 pub struct Store {
     queue: Mutex<mpsc::Sender<Work>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    shared: Arc<Shared>,
+    settings: Arc<Mutex<Settings>>,
     pub path: PathBuf,
 }
 
@@ -112,35 +201,65 @@ pub struct Pending<T> {
 
 impl<T> Pending<T> {
     pub fn wait(self) -> Result<T, Failure> {
-        self.rx
-            .recv()
-            .map_err(|_| Failure::new(Code::Unavailable, "the chat store stopped"))?
+        self.rx.recv().map_err(|_| not_completed())?
+    }
+
+    /// The result if it is there already.
+    pub fn try_wait(&self) -> Option<Result<T, Failure>> {
+        match self.rx.try_recv() {
+            Ok(result) => Some(result),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(Err(not_completed())),
+        }
     }
 }
 
+fn not_completed() -> Failure {
+    Failure::new(
+        Code::Unavailable,
+        "the chat store did not complete the request (it stopped, or a commit failed)",
+    )
+}
+
 impl Store {
-    /// Opens (creating if needed) the database at `path` and starts the
-    /// store thread.
+    /// Opens (creating if needed) the database at `path`, chooses the
+    /// numbering mode (waiting for a live build to hand over) and starts
+    /// the store thread.
     pub fn open(host: Host, path: &Path, settings: Arc<Mutex<Settings>>) -> Result<Store, String> {
         let dir = path
             .parent()
             .ok_or_else(|| format!("{}: no parent directory", path.display()))?;
         create_private_dir(dir)?;
         let mut lock = CrossBuildLock::open(path)?;
+        let modes = ModeLocks::open(path)?;
         let sync = settings
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .synchronous;
         let conn = lock.with(|| open_connection(path, sync))??;
         let (tx, rx) = mpsc::channel();
-        let worker = Worker {
+        let shared = Arc::new(Shared {
+            host,
+            mode: Mutex::new(Mode::Committed),
+            reserved: AtomicI64::new(0),
+            reserving: AtomicBool::new(false),
+            lagging: Mutex::new(HashMap::new()),
+            lost: AtomicU64::new(0),
+        });
+        let mut worker = Worker {
             host,
             conn,
             lock,
-            settings,
-            lagging: HashMap::new(),
+            modes,
+            live: false,
+            data_version: 0,
+            shared: shared.clone(),
+            settings: settings.clone(),
             last_prune: Instant::now(),
+            last_mode_check: Instant::now(),
+            last_remind: Instant::now(),
         };
+        worker.choose_mode_at_open()?;
         let thread = std::thread::Builder::new()
             .name("chat-store".into())
             .spawn(move || worker.run(rx))
@@ -148,30 +267,53 @@ impl Store {
         Ok(Store {
             queue: Mutex::new(tx),
             thread: Mutex::new(Some(thread)),
+            shared,
+            settings,
             path: path.to_path_buf(),
         })
     }
 
+    /// Queues `f` to run in the next batch's transaction; `done` gets its
+    /// result once the batch is committed (or the failure). `f` must not
+    /// write anything before it has decided to succeed: a failing job
+    /// leaves the transaction as it found it.
+    fn submit_then<T: Send + 'static>(
+        &self,
+        live: bool,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, Failure> + Send + 'static,
+        done: impl FnOnce(Result<T, Failure>) + Send + 'static,
+    ) {
+        let job: Job = Box::new(move |t: &mut Tx<'_>| {
+            let result = f(t);
+            Box::new(move |committed: Result<(), Failure>| done(committed.and(result)))
+        });
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        // If the thread is gone the job (and `done`) is dropped, and a
+        // waiter sees the store as stopped.
+        let _ = queue.send(Work::Job { job, live });
+    }
+
+    fn submit_as<T: Send + 'static>(
+        &self,
+        live: bool,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, Failure> + Send + 'static,
+    ) -> Pending<T> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit_then(live, f, move |result| {
+            let _ = tx.send(result);
+        });
+        Pending { rx }
+    }
+
     /// Queues `f` to run in the next batch's transaction; its result is
     /// delivered once the batch is committed. `f` must not write anything
-    /// before it has decided to succeed: a failing job leaves the
-    /// transaction as it found it.
+    /// before it has decided to succeed. Not for changes to numbering
+    /// (sending, joining, leaving): see [`Store::send`] and the others.
     pub fn submit<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, Failure> + Send + 'static,
     ) -> Pending<T> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let job: Job = Box::new(move |t: &mut Tx<'_>| {
-            let result = f(t);
-            Box::new(move |committed: Result<(), Failure>| {
-                let _ = tx.send(committed.and(result));
-            })
-        });
-        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        // If the thread is gone the job (and its sender) is dropped, and
-        // wait() reports the store as stopped.
-        let _ = queue.send(Work::Job(job));
-        Pending { rx }
+        self.submit_as(false, f)
     }
 
     /// Submits and waits.
@@ -180,6 +322,233 @@ impl Store {
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, Failure> + Send + 'static,
     ) -> Result<T, Failure> {
         self.submit(f).wait()
+    }
+
+    /// The mode, in live mode with at least one id left in the durable
+    /// reservation (waiting for a reservation if not), and a reservation
+    /// further ahead queued when half of it is used.
+    fn numbering(&self) -> Result<MutexGuard<'_, Mode>, Failure> {
+        loop {
+            let mode = self.shared.mode();
+            let Mode::Live(roster) = &*mode else {
+                return Ok(mode);
+            };
+            let next_id = roster.next_id;
+            let reserved = self.shared.reserved.load(Ordering::Acquire);
+            if next_id + ID_RESERVATION / 2 >= reserved
+                && !self.shared.reserving.swap(true, Ordering::AcqRel)
+            {
+                let upto = next_id + ID_RESERVATION;
+                let shared = self.shared.clone();
+                self.submit_then(
+                    false,
+                    move |t| t.reserve_ids(upto),
+                    move |r| {
+                        if r.is_ok() {
+                            shared.reserved.fetch_max(upto, Ordering::AcqRel);
+                        }
+                        shared.reserving.store(false, Ordering::Release);
+                    },
+                );
+            }
+            if next_id < reserved {
+                return Ok(mode);
+            }
+            // Rare: the reservation ahead has not been committed yet.
+            drop(mode);
+            self.run(move |t| t.reserve_ids(next_id + ID_RESERVATION))?;
+            self.shared
+                .reserved
+                .fetch_max(next_id + ID_RESERVATION, Ordering::AcqRel);
+        }
+    }
+
+    /// Queues the writes of a message numbered from the roster, then pushes
+    /// it to the recipients' live sessions. Called with the mode locked.
+    fn queue_live<T: Send + 'static>(
+        &self,
+        accepted: Option<Accepted>,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, Failure> + Send + 'static,
+    ) -> Result<Pending<T>, Failure> {
+        let mut pushes = Vec::new();
+        if let Some(a) = &accepted {
+            pushes.reserve(a.deliveries.len());
+            for (user, seq) in &a.deliveries {
+                pushes.push((user.clone(), *seq, a.message.delivery_line(*seq)?));
+            }
+        }
+        // Queued before the push: a listener that subscribes after the push
+        // reads its inbox after these writes.
+        let pending = self.submit_as(true, move |t| {
+            if let Some(a) = &accepted {
+                t.record(a)?;
+            }
+            f(t)
+        });
+        self.shared.push(pushes);
+        Ok(pending)
+    }
+
+    /// Sends a message; the result comes once it is committed. In live mode
+    /// the recipients' listening sessions get it before that.
+    pub fn send(&self, from: &str, to: Target, text: String) -> Result<Pending<Message>, Failure> {
+        let mut mode = self.numbering()?;
+        match &mut *mode {
+            Mode::Live(roster) => {
+                let accepted = roster.accept(self.shared.host, from, &to, text, now_ms())?;
+                let message = accepted.message.clone();
+                self.queue_live(Some(accepted), move |_| Ok(message))
+            }
+            Mode::Committed => {
+                let from = from.to_string();
+                Ok(self.submit(move |t| t.send(&from, &to, "msg", &text)))
+            }
+        }
+    }
+
+    /// Sends `texts` from `from` to `to`, in order, like [`Store::send`]
+    /// each, but in live mode pushes what one recipient gets in as few
+    /// pushes as possible. Stops at the first refused message: the results
+    /// of those before it, and the refusal.
+    pub fn send_all(
+        &self,
+        from: &str,
+        to: &Target,
+        texts: Vec<String>,
+    ) -> (Vec<Pending<Message>>, Option<Failure>) {
+        let mut sent = Vec::with_capacity(texts.len());
+        let mut texts = texts.into_iter();
+        let mut mode = match self.numbering() {
+            Ok(mode) => mode,
+            Err(e) => return (sent, Some(e)),
+        };
+        let Mode::Live(roster) = &mut *mode else {
+            drop(mode);
+            for text in texts {
+                match self.send(from, to.clone(), text) {
+                    Ok(pending) => sent.push(pending),
+                    Err(e) => return (sent, Some(e)),
+                }
+            }
+            return (sent, None);
+        };
+        // (user, last seq, lines), at most PUSH_BYTES each but for one line.
+        let mut pushes: Vec<(String, i64, Vec<u8>)> = Vec::new();
+        let mut open: HashMap<String, usize> = HashMap::new();
+        let mut refused = None;
+        let reserved = self.shared.reserved.load(Ordering::Acquire);
+        while roster.next_id < reserved {
+            let Some(text) = texts.next() else { break };
+            let accepted = match roster.accept(self.shared.host, from, to, text, now_ms()) {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            };
+            for (user, seq) in &accepted.deliveries {
+                let line = match accepted.message.delivery_line(*seq) {
+                    Ok(line) => line,
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                };
+                match open.get(user).copied() {
+                    Some(at) if pushes[at].2.len() + line.len() <= PUSH_BYTES => {
+                        pushes[at].1 = *seq;
+                        pushes[at].2.extend_from_slice(&line);
+                    }
+                    _ => {
+                        open.insert(user.clone(), pushes.len());
+                        pushes.push((user.clone(), *seq, line));
+                    }
+                }
+            }
+            let message = accepted.message.clone();
+            sent.push(self.submit_as(true, move |t| {
+                t.record(&accepted)?;
+                Ok(message)
+            }));
+            if refused.is_some() {
+                break;
+            }
+        }
+        // Queued before the pushes, as in queue_live.
+        self.shared.push(pushes);
+        drop(mode);
+        if refused.is_none() {
+            // Only past the reservation: the rest one by one.
+            for text in texts {
+                match self.send(from, to.clone(), text) {
+                    Ok(pending) => sent.push(pending),
+                    Err(e) => return (sent, Some(e)),
+                }
+            }
+        }
+        (sent, refused)
+    }
+
+    /// Adds `user` to `room` (a valid room name); the result is the member
+    /// list, once committed.
+    pub fn join(&self, user: &str, room: String) -> Result<Pending<Vec<String>>, Failure> {
+        let mut mode = self.numbering()?;
+        match &mut *mode {
+            Mode::Live(roster) => {
+                let max_rooms = self.max_rooms();
+                let mut change = roster.join(user, &room, max_rooms, now_ms())?;
+                let notice = change.notice.take();
+                self.queue_live(notice, move |t| {
+                    t.apply_join(&change)?;
+                    Ok(change.members)
+                })
+            }
+            Mode::Committed => {
+                let user = user.to_string();
+                Ok(self.submit(move |t| t.join(&user, &room)))
+            }
+        }
+    }
+
+    /// Removes `user` from `room` (a valid room name), once committed.
+    pub fn leave(&self, user: &str, room: String) -> Result<Pending<()>, Failure> {
+        let mut mode = self.numbering()?;
+        match &mut *mode {
+            Mode::Live(roster) => {
+                let mut change = roster.leave(user, &room, now_ms())?;
+                let notice = change.notice.take();
+                self.queue_live(notice, move |t| t.apply_leave(&change))
+            }
+            Mode::Committed => {
+                let user = user.to_string();
+                Ok(self.submit(move |t| t.leave(&user, &room)))
+            }
+        }
+    }
+
+    /// Makes `user` known to chat (a valid recipient from now on).
+    pub fn register(&self, user: &str) {
+        let mut mode = self.shared.mode();
+        if let Mode::Live(roster) = &mut *mode
+            && roster.know(user)
+        {
+            let user = user.to_string();
+            // Nothing to wait for: later jobs are queued behind it.
+            self.submit_then(true, move |t| t.register(&user), |_| {});
+        }
+    }
+
+    /// Changes each time live-numbered messages were lost by a failed
+    /// commit; a listener that sees it change ends.
+    pub fn lost_epoch(&self) -> u64 {
+        self.shared.lost.load(Ordering::Acquire)
+    }
+
+    fn max_rooms(&self) -> usize {
+        self.settings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .max_rooms
     }
 
     /// Finishes the queued jobs and stops the thread.
@@ -294,50 +663,192 @@ struct Push {
     line: Vec<u8>,
 }
 
+/// The flock files that decide which build may number messages in memory
+/// (see the module comment). Every decision is taken holding the
+/// [`CrossBuildLock`], so two builds never decide at once.
+struct ModeLocks {
+    /// Held exclusively by the live build.
+    live: File,
+    /// Held shared by every other build.
+    shared: File,
+}
+
+impl ModeLocks {
+    fn open(db: &Path) -> Result<Self, String> {
+        let open = |suffix: &str| {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut path = db.as_os_str().to_owned();
+            path.push(suffix);
+            let path = PathBuf::from(path);
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))
+        };
+        Ok(ModeLocks {
+            live: open(".live")?,
+            shared: open(".shared")?,
+        })
+    }
+
+    /// Becomes the live build if no other build has the database open:
+    /// none is live and none holds `shared`. `shared` must not be held by
+    /// this build.
+    fn try_live(&self) -> bool {
+        if self.live.try_lock().is_err() {
+            return false;
+        }
+        if self.shared.try_lock().is_err() {
+            let _ = self.live.unlock();
+            return false;
+        }
+        let _ = self.shared.unlock();
+        true
+    }
+
+    /// Holds `shared` (only a decision, under the cross-build lock, holds
+    /// it exclusively, so this does not wait).
+    fn share(&self) -> Result<(), String> {
+        self.shared
+            .lock_shared()
+            .map_err(|e| format!("cannot lock chat.db.shared: {e}"))
+    }
+}
+
+/// How [`Worker::choose_mode_at_open`] decided.
+enum Opening {
+    Live,
+    Committed,
+    /// Another build is live: wait for it to hand over.
+    AfterHandover,
+}
+
 /// The store thread's state.
 struct Worker {
     host: Host,
     conn: Connection,
     lock: CrossBuildLock,
+    modes: ModeLocks,
+    /// This build numbers from the roster.
+    live: bool,
+    /// `PRAGMA data_version` when this build became live: it changes when
+    /// another connection commits.
+    data_version: i64,
+    shared: Arc<Shared>,
     settings: Arc<Mutex<Settings>>,
-    /// Users with a listener that missed a push (its window was full),
-    /// with their latest delivery number: they are reminded until every
-    /// listener took the reminder.
-    lagging: HashMap<String, i64>,
     last_prune: Instant,
+    last_mode_check: Instant,
+    last_remind: Instant,
+}
+
+/// How a batch ended, for the mode.
+#[derive(Default)]
+struct BatchEnd {
+    /// Another connection committed since this build became live.
+    other_writer: bool,
+    /// The batch was not committed.
+    failed: bool,
 }
 
 impl Worker {
+    fn choose_mode_at_open(&mut self) -> Result<(), String> {
+        let (conn, modes) = (&self.conn, &self.modes);
+        let opening = self.lock.with(|| -> Result<Opening, String> {
+            if modes.try_live() {
+                return Ok(Opening::Live);
+            }
+            modes.share()?;
+            if modes.live.try_lock_shared().is_ok() {
+                let _ = modes.live.unlock();
+                return Ok(Opening::Committed);
+            }
+            // Another build is live. Above its reservation, ids stay unique
+            // when this build numbers from the database; this commit also
+            // tells it (its data_version changes) to hand over.
+            raise_id_floor(conn).map_err(|e| format!("chat database: {e}"))?;
+            Ok(Opening::AfterHandover)
+        })??;
+        match opening {
+            Opening::Live => {
+                let shared = self.shared.clone();
+                let mut mode = shared.mode();
+                self.become_live(&mut mode)
+            }
+            Opening::Committed => {
+                self.lock
+                    .with(|| raise_id_floor(conn))?
+                    .map_err(|e| format!("chat database: {e}"))?;
+                Ok(())
+            }
+            Opening::AfterHandover => {
+                self.host
+                    .info("chat: another build is live; waiting for it to hand over");
+                // It releases `live` once it has committed all it numbered.
+                self.modes
+                    .live
+                    .lock_shared()
+                    .map_err(|e| format!("cannot lock chat.db.live: {e}"))?;
+                let _ = self.modes.live.unlock();
+                Ok(())
+            }
+        }
+    }
+
+    /// Loads the roster (this build holds `live`) and installs it in `mode`.
+    fn become_live(&mut self, mode: &mut Mode) -> Result<(), String> {
+        let conn = &mut self.conn;
+        let loaded = self.lock.with(|| -> rusqlite::Result<(Roster, i64, i64)> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let roster = load_roster(&tx)?;
+            let reserved = roster.next_id + ID_RESERVATION;
+            set_reserved(&tx, reserved)?;
+            tx.commit()?;
+            let data_version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            Ok((roster, reserved, data_version))
+        })?;
+        match loaded {
+            Ok((roster, reserved, data_version)) => {
+                self.shared.reserved.store(reserved, Ordering::Release);
+                // A reservation dropped unrun (a failed batch) left this set.
+                self.shared.reserving.store(false, Ordering::Release);
+                self.data_version = data_version;
+                *mode = Mode::Live(roster);
+                self.live = true;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.modes.live.unlock();
+                let _ = self.modes.share();
+                Err(format!("chat database: cannot load the roster: {e}"))
+            }
+        }
+    }
+
     fn run(mut self, rx: mpsc::Receiver<Work>) {
         let mut stopping = false;
         while !stopping {
-            let first = if self.lagging.is_empty() {
-                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
-            } else {
-                rx.recv_timeout(LAGGING_RETRY)
-            };
-            let first = match first {
-                Ok(Work::Job(job)) => job,
+            let first = match rx.recv_timeout(TICK) {
+                Ok(Work::Job { job, live }) => (job, live),
                 Ok(Work::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    stopping = self.check_mode(&rx);
                     self.remind_lagging();
                     continue;
                 }
             };
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(Work::Job(job)) => batch.push(job),
-                    Ok(Work::Stop) => {
-                        stopping = true;
-                        break;
-                    }
-                    Err(_) => break,
-                }
+            stopping = take_queued(&rx, &mut batch, MAX_BATCH);
+            let end = self.run_batch(batch);
+            if self.live && (end.other_writer || end.failed) {
+                stopping |= self.leave_live(&rx, end.failed);
             }
-            self.run_batch(batch);
-            if !self.lagging.is_empty() {
-                self.remind_lagging();
+            self.remind_lagging();
+            if self.last_mode_check.elapsed() >= TICK {
+                stopping |= self.check_mode(&rx);
             }
             if self.last_prune.elapsed() >= PRUNE_EVERY {
                 self.last_prune = Instant::now();
@@ -350,7 +861,92 @@ impl Worker {
         let _ = lock.with(move || drop(conn));
     }
 
-    fn run_batch(&mut self, batch: Vec<Job>) {
+    /// Live: hands over if another connection committed. Otherwise:
+    /// becomes live if this build is alone again. True if a Stop was seen.
+    fn check_mode(&mut self, rx: &mpsc::Receiver<Work>) -> bool {
+        self.last_mode_check = Instant::now();
+        if self.live {
+            let conn = &self.conn;
+            let version = self
+                .lock
+                .with(|| conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)));
+            return match version {
+                Ok(Ok(v)) if v == self.data_version => false,
+                _ => self.leave_live(rx, false),
+            };
+        }
+        let shared = self.shared.clone();
+        // Held throughout: nothing is numbered while the roster is loaded.
+        let mut mode = shared.mode();
+        let mut batch = Vec::new();
+        let stopping = take_queued(rx, &mut batch, usize::MAX);
+        if !batch.is_empty() {
+            self.run_batch(batch);
+        }
+        if stopping {
+            return true;
+        }
+        let modes = &self.modes;
+        let alone = self.lock.with(|| {
+            // Give up `shared` to test whether any other build holds it.
+            let _ = modes.shared.unlock();
+            let alone = modes.try_live();
+            if !alone {
+                let _ = modes.share();
+            }
+            alone
+        });
+        if alone == Ok(true) {
+            match self.become_live(&mut mode) {
+                Ok(()) => self
+                    .host
+                    .info("chat: this build is alone again: live delivery before commit"),
+                Err(e) => self.host.warn(&e),
+            }
+        }
+        false
+    }
+
+    /// Stops numbering from the roster: commits what it numbered (or, if a
+    /// commit failed, refuses it: those messages were pushed but are
+    /// lost), then lets other builds go on. True if a Stop was seen.
+    fn leave_live(&mut self, rx: &mpsc::Receiver<Work>, lost: bool) -> bool {
+        *self.shared.mode() = Mode::Committed;
+        self.live = false;
+        // Everything numbered from the roster is queued by now.
+        let mut batch = Vec::new();
+        let stopping = take_queued(rx, &mut batch, usize::MAX);
+        if lost {
+            // Numbered after the lost ones: refused too (their waiters see
+            // the store as unavailable). Listeners start again.
+            batch.retain(|(_, live)| !live);
+            self.shared.lost.fetch_add(1, Ordering::AcqRel);
+            self.host.error(
+                "chat: a commit failed after its messages were delivered live; they are lost, their senders were told, listeners reconnect",
+            );
+        } else {
+            self.host
+                .info("chat: another build uses the database: delivery after commit");
+        }
+        if !batch.is_empty() {
+            self.run_batch(batch);
+        }
+        let (conn, modes) = (&self.conn, &self.modes);
+        let _ = self.lock.with(|| {
+            if lost {
+                // Ids numbered in memory were pushed: the database goes on
+                // above the reservation that covered them.
+                if let Err(e) = raise_id_floor(conn) {
+                    self.host.error(&format!("chat database: {e}"));
+                }
+            }
+            let _ = modes.share();
+            let _ = modes.live.unlock();
+        });
+        stopping
+    }
+
+    fn run_batch(&mut self, batch: Vec<(Job, bool)>) -> BatchEnd {
         let host = self.host;
         let settings = self
             .settings
@@ -358,8 +954,13 @@ impl Worker {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let conn = &mut self.conn;
-        let mut full_users = Vec::new();
+        let (live, data_version) = (self.live, self.data_version);
+        let mut end = BatchEnd::default();
         let outcome = self.lock.with(|| {
+            if live {
+                let version = conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0));
+                end.other_writer = version != Ok(data_version);
+            }
             // If no transaction can start, the jobs are dropped unrun and
             // their waiters see the store as unavailable.
             let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
@@ -374,7 +975,7 @@ impl Worker {
                 pushes: Vec::new(),
                 failed: None,
             };
-            let dones: Vec<Done> = batch.into_iter().map(|job| job(&mut t)).collect();
+            let dones: Vec<Done> = batch.into_iter().map(|(job, _)| job(&mut t)).collect();
             let flushed = t.flush_seqs();
             let Tx { pushes, failed, .. } = t;
             if let Some(e) = failed.or(flushed.err()) {
@@ -386,25 +987,14 @@ impl Worker {
             }
             // Still under the lock: pushes of two builds never interleave,
             // so every listener gets its deliveries in `seq` order.
-            for push in pushes {
-                let pushed = host.push_user(&push.user, stream::MAIN, &push.line);
-                if pushed.full > 0 {
-                    full_users.push((push.user, push.seq));
-                } else if pushed.delivered > 0 {
-                    // A later delivery that every listener took reveals any
-                    // earlier gap by itself.
-                    full_users.retain(|(u, _)| *u != push.user);
-                    self.lagging.remove(&push.user);
-                }
-            }
+            self.shared
+                .push(pushes.into_iter().map(|p| (p.user, p.seq, p.line)));
             Ok(dones)
         });
-        for (user, seq) in full_users {
-            self.lagging.insert(user, seq);
-        }
         match outcome {
             Ok(Ok(dones)) => dones.into_iter().for_each(|done| done(Ok(()))),
             Ok(Err((e, dones))) => {
+                end.failed = true;
                 host.error(&format!(
                     "a chat batch failed and was rolled back: {}",
                     e.message
@@ -412,20 +1002,35 @@ impl Worker {
                 dones.into_iter().for_each(|done| done(Err(e.clone())));
             }
             Err(lock_error) => {
+                end.failed = true;
                 host.error(&lock_error);
                 // The jobs were dropped unrun; their waiters see the store
                 // as unavailable.
             }
         }
+        end
     }
 
     /// Tells the listeners of lagging users their latest delivery number
     /// on stream 2, so one that missed a push asks for it again.
     fn remind_lagging(&mut self) {
+        // Spaced out, so that the reminders span a client's replay.
+        if self.last_remind.elapsed() < TICK / 2 {
+            return;
+        }
+        self.last_remind = Instant::now();
         let host = self.host;
-        self.lagging.retain(|user, seq| {
+        let mut lagging = self
+            .shared
+            .lagging
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        lagging.retain(|user, (seq, left)| {
             let line = format!("{{\"head\":{seq}}}\n");
-            host.push_user(user, stream::CONTROL, line.as_bytes()).full > 0
+            if host.push_user(user, stream::CONTROL, line.as_bytes()).full == 0 {
+                *left = left.saturating_sub(1);
+            }
+            *left > 0
         });
     }
 
@@ -486,6 +1091,107 @@ impl Worker {
             Err(e) => self.host.warn(&e),
         }
     }
+}
+
+/// Takes the jobs already queued, up to `max` in `batch`; true if a Stop
+/// was among them.
+fn take_queued(rx: &mpsc::Receiver<Work>, batch: &mut Vec<(Job, bool)>, max: usize) -> bool {
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(Work::Job { job, live }) => batch.push((job, live)),
+            Ok(Work::Stop) => return true,
+            Err(_) => break,
+        }
+    }
+    false
+}
+
+/// The durable id reservation: every id handed out from memory is below
+/// it.
+fn reserved_ids(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'reserved_id'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+    .map(|v| v.unwrap_or(0))
+}
+
+fn set_reserved(conn: &Connection, reserved: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta(key, value) VALUES ('reserved_id', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+    )?
+    .execute([reserved])
+    .map(drop)
+}
+
+/// Makes SQLite's own numbering (AUTOINCREMENT, used when numbering from
+/// the database) continue above every id reserved for live numbering, and
+/// counts the opening: the commit changes the data_version a live build
+/// watches, which tells it to hand over.
+fn raise_id_floor(conn: &Connection) -> rusqlite::Result<()> {
+    let floor = reserved_ids(conn)? - 1;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        if floor > 0 {
+            let updated = conn.execute(
+                "UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'messages'",
+                [floor],
+            )?;
+            if updated == 0 {
+                conn.execute(
+                    "INSERT INTO sqlite_sequence(name, seq) VALUES ('messages', ?1)",
+                    [floor],
+                )?;
+            }
+        }
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('opened', 1)
+             ON CONFLICT(key) DO UPDATE SET value = value + 1",
+            [],
+        )
+        .map(drop)
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Reads what live numbering needs: every user with their next delivery
+/// number, every room with its members, and the next id, above every id
+/// used or reserved before (a crash may have lost pushed messages).
+fn load_roster(conn: &Connection) -> rusqlite::Result<Roster> {
+    let reserved = reserved_ids(conn)?;
+    let sequence: i64 = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'messages'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let newest: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
+        r.get(0)
+    })?;
+    let mut roster = Roster::new(reserved.max(sequence + 1).max(newest + 1).max(1));
+    let mut users = conn.prepare("SELECT name, next_seq FROM users")?;
+    let mut rows = users.query([])?;
+    while let Some(row) = rows.next()? {
+        roster.load_user(row.get(0)?, row.get(1)?);
+    }
+    let mut rooms =
+        conn.prepare("SELECT r.name, m.user FROM rooms r LEFT JOIN members m ON m.room = r.name")?;
+    let mut rows = rooms.query([])?;
+    while let Some(row) = rows.next()? {
+        roster.load_member(row.get(0)?, row.get(1)?);
+    }
+    Ok(roster)
 }
 
 /// A user's delivery counters, loaded once per batch.
@@ -724,6 +1430,105 @@ impl Tx<'_> {
         Ok(seq)
     }
 
+    /// Reserves ids below `upto` for live numbering, durably.
+    pub fn reserve_ids(&mut self, upto: i64) -> Result<(), Failure> {
+        let r = set_reserved(self.tx, upto);
+        r.map_err(|e| self.db(e))
+    }
+
+    /// Writes a message numbered from the roster: the message, each
+    /// recipient's delivery, the users it made known.
+    pub fn record(&mut self, a: &Accepted) -> Result<(), Failure> {
+        for user in &a.new_users {
+            self.register(user)?;
+        }
+        let m = &a.message;
+        let r = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO messages(id, ts, kind, sender, target, conv, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| s.execute(params![m.id, m.ts, m.kind, m.from, m.to, a.conv, m.text]));
+        if let Err(e) = r {
+            return Err(self.db(e));
+        }
+        for (user, seq) in &a.deliveries {
+            let r = self
+                .tx
+                .prepare_cached("INSERT INTO inbox(user, seq, msg) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(params![user, seq, m.id]));
+            if let Err(e) = r {
+                return Err(self.db(e));
+            }
+            self.advance_seq(user, seq + 1);
+        }
+        Ok(())
+    }
+
+    /// Notes that `user`'s next delivery number is at least `next`.
+    fn advance_seq(&mut self, user: &str, next: i64) {
+        match self.seqs.get_mut(user) {
+            Some(s) => {
+                s.next_seq = s.next_seq.max(next);
+                s.dirty = true;
+            }
+            None => {
+                self.seqs.insert(
+                    user.to_string(),
+                    Seqs {
+                        next_seq: next,
+                        dirty: true,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Writes a join decided by the roster (its notice is recorded apart).
+    pub fn apply_join(&mut self, m: &Membership) -> Result<(), Failure> {
+        self.register(&m.user)?;
+        if m.room_changed {
+            let r = self
+                .tx
+                .prepare_cached("INSERT OR IGNORE INTO rooms(name, created) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![m.room, now_ms()]));
+            if let Err(e) = r {
+                return Err(self.db(e));
+            }
+        }
+        if m.changed {
+            let r = self
+                .tx
+                .prepare_cached("INSERT OR IGNORE INTO members(room, user) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![m.room, m.user]));
+            if let Err(e) = r {
+                return Err(self.db(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a leave decided by the roster (its notice is recorded apart).
+    pub fn apply_leave(&mut self, m: &Membership) -> Result<(), Failure> {
+        let r = self
+            .tx
+            .prepare_cached("DELETE FROM members WHERE room = ?1 AND user = ?2")
+            .and_then(|mut s| s.execute(params![m.room, m.user]));
+        if let Err(e) = r {
+            return Err(self.db(e));
+        }
+        if m.room_changed {
+            let r = self
+                .tx
+                .prepare_cached("DELETE FROM rooms WHERE name = ?1")
+                .and_then(|mut s| s.execute([&m.room]));
+            if let Err(e) = r {
+                return Err(self.db(e));
+            }
+        }
+        Ok(())
+    }
+
     /// Writes back the delivery counters this batch advanced.
     fn flush_seqs(&mut self) -> Result<(), Failure> {
         let dirty: Vec<(String, i64)> = self
@@ -735,7 +1540,7 @@ impl Tx<'_> {
         for (user, next_seq) in dirty {
             let r = self
                 .tx
-                .prepare_cached("UPDATE users SET next_seq = ?2 WHERE name = ?1")
+                .prepare_cached("UPDATE users SET next_seq = max(next_seq, ?2) WHERE name = ?1")
                 .and_then(|mut s| s.execute(params![user, next_seq]));
             if let Err(e) = r {
                 return Err(self.db(e));
@@ -852,7 +1657,14 @@ impl Tx<'_> {
                 room.clone()
             }
             Target::User(user) => {
-                self.check_recipient(user)?;
+                // Only a check: users are made known through the store
+                // (Store::register), which live numbering follows.
+                if !self.user_known(user)? && !self.host.user_online(user) {
+                    return Err(Failure::new(
+                        Code::NotFound,
+                        format!("no such user: {user}"),
+                    ));
+                }
                 if user.as_str() < viewer {
                     format!("{user} {viewer}")
                 } else {
