@@ -439,7 +439,9 @@ impl Channel {
         Ok(())
     }
 
-    pub fn subscribe(&self) -> Result<(), ChannelError> {
+    /// Marks the channel as a push target; [`ChannelTable::subscribe`]
+    /// also indexes it.
+    fn subscribe(&self) -> Result<(), ChannelError> {
         let mut s = self.lock();
         if s.finished {
             return Err(ChannelError::Closed);
@@ -461,6 +463,7 @@ impl Channel {
             return;
         }
         s.finished = true;
+        let subscribed = s.subscribed;
         let text = if s.result_message.is_empty() {
             message.to_string()
         } else {
@@ -478,7 +481,11 @@ impl Channel {
         if room_waiters {
             self.out.backlog().wake();
         }
-        ChannelTable::global().remove(self.handle);
+        let table = ChannelTable::global();
+        table.remove(self.handle);
+        if subscribed {
+            table.unsubscribe(self);
+        }
     }
 }
 
@@ -486,9 +493,15 @@ impl Channel {
 /// so one lock for all connections would be a point of contention.
 const SHARDS: usize = 16;
 
-/// All live channels by handle, for the plugin ABI.
+/// Subscribed channels by plugin, then user.
+type Subscribers = HashMap<String, HashMap<String, Vec<Arc<Channel>>>>;
+
+/// All live channels by handle, for the plugin ABI, and the subscribed
+/// ones by plugin and user, so that a push looks at its recipient's
+/// channels only, however many other sessions listen.
 pub struct ChannelTable {
     shards: [RwLock<HashMap<u64, Arc<Channel>>>; SHARDS],
+    subscribers: RwLock<Subscribers>,
 }
 
 impl ChannelTable {
@@ -496,6 +509,7 @@ impl ChannelTable {
         static TABLE: OnceLock<ChannelTable> = OnceLock::new();
         TABLE.get_or_init(|| ChannelTable {
             shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
+            subscribers: RwLock::default(),
         })
     }
 
@@ -526,14 +540,51 @@ impl ChannelTable {
             .remove(&handle);
     }
 
-    /// Channels matching `f` (push delivery).
-    pub fn matching(&self, f: impl Fn(&Channel) -> bool) -> Vec<Arc<Channel>> {
-        let mut out = Vec::new();
-        for shard in &self.shards {
-            let map = shard.read().unwrap_or_else(|p| p.into_inner());
-            out.extend(map.values().filter(|c| f(c)).cloned());
+    /// Makes `channel` a target of pushes to its user by its plugin, until
+    /// it finishes.
+    pub fn subscribe(&self, channel: &Arc<Channel>) -> Result<(), ChannelError> {
+        channel.subscribe()?;
+        {
+            let mut subs = self.subscribers.write().unwrap_or_else(|p| p.into_inner());
+            let list = subs
+                .entry(channel.owner.plugin.clone())
+                .or_default()
+                .entry(channel.owner.user.clone())
+                .or_default();
+            if !list.iter().any(|c| Arc::ptr_eq(c, channel)) {
+                list.push(channel.clone());
+            }
         }
-        out
+        // It may have finished since it was marked, before it was indexed.
+        if channel.is_finished() {
+            self.unsubscribe(channel);
+        }
+        Ok(())
+    }
+
+    fn unsubscribe(&self, channel: &Channel) {
+        let mut subs = self.subscribers.write().unwrap_or_else(|p| p.into_inner());
+        let Some(users) = subs.get_mut(&channel.owner.plugin) else {
+            return;
+        };
+        if let Some(list) = users.get_mut(&channel.owner.user) {
+            list.retain(|c| c.handle != channel.handle);
+            if list.is_empty() {
+                users.remove(&channel.owner.user);
+            }
+        }
+        if users.is_empty() {
+            subs.remove(&channel.owner.plugin);
+        }
+    }
+
+    /// The channels of `user` subscribed by `plugin` (push delivery).
+    pub fn subscribers(&self, plugin: &str, user: &str) -> Vec<Arc<Channel>> {
+        let subs = self.subscribers.read().unwrap_or_else(|p| p.into_inner());
+        subs.get(plugin)
+            .and_then(|users| users.get(user))
+            .cloned()
+            .unwrap_or_default()
     }
 }
 

@@ -242,7 +242,7 @@ unsafe extern "C" fn host_set_result(handle: u64, value: i64, msg: *const u8, le
 
 unsafe extern "C" fn host_subscribe(handle: u64) -> i32 {
     guard(-sys::SOCKD_E_INTERNAL, || {
-        channel(handle).map_or_else(|c| c, |ch| status(ch.subscribe()))
+        channel(handle).map_or_else(|c| c, |ch| status(ChannelTable::global().subscribe(&ch)))
     })
 }
 
@@ -278,8 +278,10 @@ unsafe extern "C" fn host_push_user(
 /// Offers `data` to every subscribed channel of `plugin` owned by `user`
 /// (whatever build opened it). Returns (delivered, skipped because full).
 pub(crate) fn push(plugin: &str, user: &[u8], stream: u8, data: &[u8]) -> (u64, u64) {
-    let targets = ChannelTable::global()
-        .matching(|c| c.owner.plugin == plugin && c.owner.user.as_bytes() == user);
+    // User names are UTF-8; no channel belongs to anything else.
+    let targets = std::str::from_utf8(user)
+        .map(|user| ChannelTable::global().subscribers(plugin, user))
+        .unwrap_or_default();
     let (mut delivered, mut full) = (0, 0);
     for ch in targets.iter().filter(|c| c.is_subscribed()) {
         match ch.try_write(stream, data) {
@@ -379,7 +381,7 @@ mod tests {
         let (other_plugin, _r2) = open("t-other", "bob", 100);
         let (unsubscribed, _r3) = open("t-push", "bob", 100);
         for ch in [&a, &b, &other_user, &other_plugin] {
-            ch.subscribe().unwrap();
+            ChannelTable::global().subscribe(ch).unwrap();
         }
         let mut full = 99u64;
         // SAFETY (test): all pointers are valid locals.
@@ -405,6 +407,20 @@ mod tests {
         for ch in [a, b, other_user, other_plugin, unsubscribed] {
             ch.finish(sockd_proto::ErrorCode::Ok, "");
         }
+        // Finished channels leave the index; a finished one cannot join it.
+        assert!(
+            ChannelTable::global()
+                .subscribers("t-push", "bob")
+                .is_empty()
+        );
+        let (late, _r4) = open("t-push", "bob", 100);
+        late.finish(sockd_proto::ErrorCode::Ok, "");
+        assert!(ChannelTable::global().subscribe(&late).is_err());
+        assert!(
+            ChannelTable::global()
+                .subscribers("t-push", "bob")
+                .is_empty()
+        );
     }
 
     #[test]
