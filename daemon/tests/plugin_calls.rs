@@ -4,7 +4,7 @@
 
 mod plugin_support;
 
-use plugin_support::{Client, config, dirs, eventually, session, start, testkit, upper};
+use plugin_support::{Client, Dirs, config, dirs, eventually, session, start, testkit, upper};
 use sockd::config::OnPluginError;
 use sockd::plugin::PluginHost;
 use sockd_proto::{ErrorCode, Message};
@@ -147,8 +147,14 @@ fn plugin_failure_codes_and_messages_reach_the_client() {
     assert_eq!((i.calls, i.errors, i.panics), (2, 1, 0));
 }
 
-#[test]
-fn plugin_panics_lead_to_quarantine_until_reload() {
+/// Loads testkit with `quarantine_after = 2` and calls `command`, which
+/// panics with `message`, twice: each call ends `internal`, then the
+/// plugin is quarantined.
+fn panic_twice(
+    command: &str,
+    message: &str,
+    user: &str,
+) -> (Dirs, Arc<PluginHost>, Arc<sockd::session::Session>) {
     let d = dirs();
     testkit(d.plugins.path(), "libsockd_testkit.so");
     let mut cfg = config(
@@ -158,16 +164,13 @@ fn plugin_panics_lead_to_quarantine_until_reload() {
     );
     cfg.quarantine_after = 2;
     let host = PluginHost::load(&cfg, d.state.path()).expect("loads");
-    let s = session("panicky");
+    let s = session(user);
     for _ in 0..2 {
-        let closed = start(&host, &s, "panic", &[], CREDIT)
+        let closed = start(&host, &s, command, &[], CREDIT)
             .expect("starts")
             .wait();
         assert_eq!(closed.code, Some(ErrorCode::Internal));
-        assert_eq!(
-            closed.message,
-            "plugin panicked: testkit was asked to panic"
-        );
+        assert_eq!(closed.message, format!("plugin panicked: {message}"));
     }
     let i = info(&host, "testkit");
     assert_eq!(
@@ -175,6 +178,12 @@ fn plugin_panics_lead_to_quarantine_until_reload() {
         ("quarantined", 2, 2, 2)
     );
     assert_eq!(i.error.as_deref(), Some("quarantined after 2 panics"));
+    (d, host, s)
+}
+
+#[test]
+fn plugin_panics_lead_to_quarantine_until_reload() {
+    let (_d, host, s) = panic_twice("panic", "testkit was asked to panic", "panicky");
 
     // Every command of the plugin is refused, with the way out.
     assert_eq!(host.plugin_for("echo").as_deref(), Some("testkit"));
@@ -516,30 +525,10 @@ fn plugin_inline_call_that_tries_to_block_gets_would_block() {
 
 #[test]
 fn plugin_inline_panics_become_errors_and_quarantine() {
-    let d = dirs();
-    testkit(d.plugins.path(), "libsockd_testkit.so");
-    let mut cfg = config(
-        d.plugins.path(),
-        OnPluginError::Refuse,
-        &[("testkit", "libsockd_testkit.so", "")],
-    );
-    cfg.quarantine_after = 2;
-    let host = PluginHost::load(&cfg, d.state.path()).expect("loads");
-    let s = session("inline-panicky");
-    for _ in 0..2 {
-        let closed = start(&host, &s, "inline-panic", &[], CREDIT)
-            .expect("starts")
-            .wait();
-        assert_eq!(closed.code, Some(ErrorCode::Internal));
-        assert_eq!(
-            closed.message,
-            "plugin panicked: testkit was asked to panic inline"
-        );
-    }
-    let i = info(&host, "testkit");
-    assert_eq!(
-        (i.state.as_str(), i.calls, i.errors, i.panics),
-        ("quarantined", 2, 2, 2)
+    let (_d, host, s) = panic_twice(
+        "inline-panic",
+        "testkit was asked to panic inline",
+        "inline-panicky",
     );
     let e = start(&host, &s, "whoami", &[], CREDIT)
         .err()

@@ -1244,13 +1244,22 @@ impl Tx<'_> {
         failure
     }
 
-    /// Makes `user` known to chat (a valid recipient from now on).
-    pub fn register(&mut self, user: &str) -> Result<(), Failure> {
+    /// Runs one statement of the batch; an error fails the batch.
+    fn execute(&mut self, sql: &str, params: impl rusqlite::Params) -> Result<usize, Failure> {
         let r = self
             .tx
-            .prepare_cached("INSERT OR IGNORE INTO users(name, next_seq, acked, first_seen) VALUES (?1, 1, 0, ?2)")
-            .and_then(|mut s| s.execute(params![user, now_ms()]));
-        r.map(drop).map_err(|e| self.db(e))
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute(params));
+        r.map_err(|e| self.db(e))
+    }
+
+    /// Makes `user` known to chat (a valid recipient from now on).
+    pub fn register(&mut self, user: &str) -> Result<(), Failure> {
+        self.execute(
+            "INSERT OR IGNORE INTO users(name, next_seq, acked, first_seen) VALUES (?1, 1, 0, ?2)",
+            params![user, now_ms()],
+        )
+        .map(drop)
     }
 
     fn user_known(&mut self, user: &str) -> Result<bool, Failure> {
@@ -1384,13 +1393,10 @@ impl Tx<'_> {
         };
         for user in recipients {
             let seq = self.next_seq(&user)?;
-            let r = self
-                .tx
-                .prepare_cached("INSERT INTO inbox(user, seq, msg) VALUES (?1, ?2, ?3)")
-                .and_then(|mut s| s.execute(params![user, seq, message.id]));
-            if let Err(e) = r {
-                return Err(self.db(e));
-            }
+            self.execute(
+                "INSERT INTO inbox(user, seq, msg) VALUES (?1, ?2, ?3)",
+                params![user, seq, message.id],
+            )?;
             let line = message.delivery_line(seq)?;
             self.pushes.push(Push { user, seq, line });
         }
@@ -1453,13 +1459,10 @@ impl Tx<'_> {
             return Err(self.db(e));
         }
         for (user, seq) in &a.deliveries {
-            let r = self
-                .tx
-                .prepare_cached("INSERT INTO inbox(user, seq, msg) VALUES (?1, ?2, ?3)")
-                .and_then(|mut s| s.execute(params![user, seq, m.id]));
-            if let Err(e) = r {
-                return Err(self.db(e));
-            }
+            self.execute(
+                "INSERT INTO inbox(user, seq, msg) VALUES (?1, ?2, ?3)",
+                params![user, seq, m.id],
+            )?;
             self.advance_seq(user, seq + 1);
         }
         Ok(())
@@ -1488,43 +1491,28 @@ impl Tx<'_> {
     pub fn apply_join(&mut self, m: &Membership) -> Result<(), Failure> {
         self.register(&m.user)?;
         if m.room_changed {
-            let r = self
-                .tx
-                .prepare_cached("INSERT OR IGNORE INTO rooms(name, created) VALUES (?1, ?2)")
-                .and_then(|mut s| s.execute(params![m.room, now_ms()]));
-            if let Err(e) = r {
-                return Err(self.db(e));
-            }
+            self.execute(
+                "INSERT OR IGNORE INTO rooms(name, created) VALUES (?1, ?2)",
+                params![m.room, now_ms()],
+            )?;
         }
         if m.changed {
-            let r = self
-                .tx
-                .prepare_cached("INSERT OR IGNORE INTO members(room, user) VALUES (?1, ?2)")
-                .and_then(|mut s| s.execute(params![m.room, m.user]));
-            if let Err(e) = r {
-                return Err(self.db(e));
-            }
+            self.execute(
+                "INSERT OR IGNORE INTO members(room, user) VALUES (?1, ?2)",
+                params![m.room, m.user],
+            )?;
         }
         Ok(())
     }
 
     /// Writes a leave decided by the roster (its notice is recorded apart).
     pub fn apply_leave(&mut self, m: &Membership) -> Result<(), Failure> {
-        let r = self
-            .tx
-            .prepare_cached("DELETE FROM members WHERE room = ?1 AND user = ?2")
-            .and_then(|mut s| s.execute(params![m.room, m.user]));
-        if let Err(e) = r {
-            return Err(self.db(e));
-        }
+        self.execute(
+            "DELETE FROM members WHERE room = ?1 AND user = ?2",
+            params![m.room, m.user],
+        )?;
         if m.room_changed {
-            let r = self
-                .tx
-                .prepare_cached("DELETE FROM rooms WHERE name = ?1")
-                .and_then(|mut s| s.execute([&m.room]));
-            if let Err(e) = r {
-                return Err(self.db(e));
-            }
+            self.execute("DELETE FROM rooms WHERE name = ?1", [&m.room])?;
         }
         Ok(())
     }
@@ -1538,13 +1526,10 @@ impl Tx<'_> {
             .map(|(u, s)| (u.clone(), s.next_seq))
             .collect();
         for (user, next_seq) in dirty {
-            let r = self
-                .tx
-                .prepare_cached("UPDATE users SET next_seq = max(next_seq, ?2) WHERE name = ?1")
-                .and_then(|mut s| s.execute(params![user, next_seq]));
-            if let Err(e) = r {
-                return Err(self.db(e));
-            }
+            self.execute(
+                "UPDATE users SET next_seq = max(next_seq, ?2) WHERE name = ?1",
+                params![user, next_seq],
+            )?;
         }
         Ok(())
     }
@@ -1709,23 +1694,17 @@ impl Tx<'_> {
                     ),
                 ));
             }
-            let r = self
-                .tx
-                .prepare_cached("INSERT INTO rooms(name, created) VALUES (?1, ?2)")
-                .and_then(|mut s| s.execute(params![room, now_ms()]));
-            if let Err(e) = r {
-                return Err(self.db(e));
-            }
+            self.execute(
+                "INSERT INTO rooms(name, created) VALUES (?1, ?2)",
+                params![room, now_ms()],
+            )?;
         }
         if !self.is_member(room, user)? {
             self.register(user)?;
-            let r = self
-                .tx
-                .prepare_cached("INSERT INTO members(room, user) VALUES (?1, ?2)")
-                .and_then(|mut s| s.execute(params![room, user]));
-            if let Err(e) = r {
-                return Err(self.db(e));
-            }
+            self.execute(
+                "INSERT INTO members(room, user) VALUES (?1, ?2)",
+                params![room, user],
+            )?;
             self.send(user, &Target::Room(room.to_string()), "join", "")?;
         }
         self.members(room)
@@ -1746,22 +1725,13 @@ impl Tx<'_> {
                 format!("you are not in {room}"),
             ));
         }
-        let r = self
-            .tx
-            .prepare_cached("DELETE FROM members WHERE room = ?1 AND user = ?2")
-            .and_then(|mut s| s.execute(params![room, user]));
-        if let Err(e) = r {
-            return Err(self.db(e));
-        }
+        self.execute(
+            "DELETE FROM members WHERE room = ?1 AND user = ?2",
+            params![room, user],
+        )?;
         self.send(user, &Target::Room(room.to_string()), "leave", "")?;
         if self.members(room)?.is_empty() {
-            let r = self
-                .tx
-                .prepare_cached("DELETE FROM rooms WHERE name = ?1")
-                .and_then(|mut s| s.execute([room]));
-            if let Err(e) = r {
-                return Err(self.db(e));
-            }
+            self.execute("DELETE FROM rooms WHERE name = ?1", [room])?;
         }
         Ok(())
     }
