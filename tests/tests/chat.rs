@@ -61,6 +61,28 @@ impl ChatServer {
         self.sockctl(user).args(args).output().expect("run sockctl")
     }
 
+    /// `chat send TARGET - --lines` as `user`, fed `input` by a thread of
+    /// `scope`; returns the running sockctl (stderr piped).
+    fn send_lines<'scope>(
+        &self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        user: &str,
+        target: &str,
+        input: String,
+    ) -> std::process::Child {
+        let mut child = self
+            .sockctl(user)
+            .args(["chat", "send", target, "-", "--lines"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sockctl chat send");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        scope.spawn(move || stdin.write_all(input.as_bytes()).expect("feed sockctl"));
+        child
+    }
+
     fn run_ok(&self, user: &str, args: &[&str]) -> String {
         let out = self.run(user, args);
         assert_eq!(
@@ -554,17 +576,7 @@ fn fifty_senders_while_members_join_and_leave_lose_and_duplicate_nothing() {
         let senders: Vec<_> = (0..SENDERS)
             .map(|i| {
                 let input: String = (0..EACH).map(|n| format!("s{i} {n}\n")).collect();
-                let mut child = s
-                    .sockctl("demo")
-                    .args(["chat", "send", "#load", "-", "--lines"])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                let mut stdin = child.stdin.take().unwrap();
-                scope.spawn(move || stdin.write_all(input.as_bytes()).unwrap());
-                child
+                s.send_lines(scope, "demo", "#load", input)
             })
             .collect();
         let dave = scope.spawn(|| churn(&s, "dave"));
@@ -870,17 +882,7 @@ fn concurrent_senders_into_one_room_are_seen_in_one_order_by_every_member() {
                 // Two sessions of demo and the members themselves send at once.
                 let user = ["demo", "demo", "bob", "carol"][i % 4];
                 let input: String = (0..EACH).map(|n| format!("s{i} {n}\n")).collect();
-                let mut child = s
-                    .sockctl(user)
-                    .args(["chat", "send", "#order", "-", "--lines"])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                let mut stdin = child.stdin.take().unwrap();
-                scope.spawn(move || stdin.write_all(input.as_bytes()).unwrap());
-                child
+                s.send_lines(scope, user, "#order", input)
             })
             .collect();
         for child in senders {

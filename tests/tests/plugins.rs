@@ -52,6 +52,33 @@ fn config_with(plugins: &Path, extra: &str) -> String {
 
 /// A daemon with upper and testkit; the plugin directory lives as long as
 /// the returned guard (dropped after the daemon).
+/// `sockctl call sleep 30` in the background: a call that holds a call
+/// thread while the test does other things. Killed when dropped.
+struct SlowCall(std::process::Child);
+
+impl SlowCall {
+    fn start(d: &Daemon) -> SlowCall {
+        let child = d
+            .sockctl()
+            .args(["call", "sleep", "30"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start sockctl call sleep");
+        SlowCall(child)
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.0.try_wait().expect("poll sockctl").is_none()
+    }
+}
+
+impl Drop for SlowCall {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn start() -> (Daemon, tempfile::TempDir) {
     let staging = tempfile::tempdir().unwrap();
     let plugins = plugin_dir(staging.path());
@@ -137,12 +164,7 @@ fn panics_become_errors_then_quarantine_until_reload() {
 #[test]
 fn a_blocking_call_does_not_delay_other_sessions() {
     let (d, _plugins) = start();
-    let mut slow = d
-        .sockctl()
-        .args(["call", "sleep", "30"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut slow = SlowCall::start(&d);
     let busy = || {
         let out = d.run(&["sessions", "--json"]);
         out.stdout_text().contains("\"sleep\"")
@@ -156,11 +178,9 @@ fn a_blocking_call_does_not_delay_other_sessions() {
         assert_eq!(out.code(), 0, "{}", out.stderr_text());
     }
     assert!(
-        slow.try_wait().unwrap().is_none(),
+        slow.is_running(),
         "the other calls finished while the slow one still runs"
     );
-    let _ = slow.kill();
-    let _ = slow.wait();
 }
 
 #[test]
@@ -356,12 +376,7 @@ fn inline_commands_are_served_and_cannot_block() {
     assert_eq!(plugin_state(&d, "testkit")["abi"], "1.1");
 
     // A slow call on a call thread keeps running meanwhile.
-    let mut slow = d
-        .sockctl()
-        .args(["call", "sleep", "30"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut slow = SlowCall::start(&d);
     // An inline handler that tries to wait for input or to write more than
     // the client's window gets WOULD_BLOCK each time, and its `?` ends the
     // call with busy.
@@ -386,12 +401,7 @@ fn inline_commands_are_served_and_cannot_block() {
         assert_eq!(user_and_home(&again), user_and_home(&text), "{command}");
     }
     assert_eq!(d.run(&["call", "upper", "x"]).stdout_text(), "X\n");
-    assert!(
-        slow.try_wait().unwrap().is_none(),
-        "the slow call still runs"
-    );
-    let _ = slow.kill();
-    let _ = slow.wait();
+    assert!(slow.is_running(), "the slow call still runs");
 }
 
 #[test]

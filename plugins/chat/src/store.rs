@@ -619,15 +619,7 @@ impl CrossBuildLock {
     }
 
     fn open_file(&self) -> Result<File, String> {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&self.path)
-            .map_err(|e| format!("cannot open the lock file {}: {e}", self.path.display()))
+        open_lock_file(&self.path)
     }
 
     /// Runs `f` holding the lock.
@@ -673,21 +665,25 @@ struct ModeLocks {
     shared: File,
 }
 
+/// Opens (creating it, owner-only) a file used only for its flock.
+fn open_lock_file(path: &Path) -> Result<File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))
+}
+
 impl ModeLocks {
     fn open(db: &Path) -> Result<Self, String> {
         let open = |suffix: &str| {
-            use std::os::unix::fs::OpenOptionsExt;
             let mut path = db.as_os_str().to_owned();
             path.push(suffix);
-            let path = PathBuf::from(path);
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))
+            open_lock_file(Path::new(&path))
         };
         Ok(ModeLocks {
             live: open(".live")?,
