@@ -83,6 +83,17 @@ impl ChatServer {
         child
     }
 
+    /// Waits until `chat who` lists `user` as online.
+    fn wait_online(&self, user: &str) {
+        assert!(
+            wait_until(LIMIT, || self
+                .run_ok("demo", &["chat", "who"])
+                .lines()
+                .any(|l| l == user)),
+            "{user} never came online"
+        );
+    }
+
     fn run_ok(&self, user: &str, args: &[&str]) -> String {
         let out = self.run(user, args);
         assert_eq!(
@@ -262,10 +273,7 @@ fn two_and_three_users_talk_directly_and_in_rooms() {
     // as they are sent, in order.
     let mut bob = s.follow("bob");
     let mut bob2 = s.follow("bob");
-    assert!(wait_until(LIMIT, || s
-        .run_ok("demo", &["chat", "who"])
-        .lines()
-        .any(|l| l == "bob")));
+    s.wait_online("bob");
     let who = s.run_ok("demo", &["chat", "who"]);
     assert_eq!(who.lines().filter(|l| *l == "bob").count(), 1, "{who}");
     // carol's last session ends once the daemon has seen her disconnect.
@@ -502,10 +510,7 @@ fn hot_reload_keeps_old_listeners_served() {
     let mut s = ChatServer::start("");
     s.add_user("bob");
     let mut bob = s.follow("bob");
-    assert!(wait_until(LIMIT, || s
-        .run_ok("demo", &["chat", "who"])
-        .lines()
-        .any(|l| l == "bob")));
+    s.wait_online("bob");
     s.run_ok("demo", &["chat", "send", "bob", "before reload"]);
     assert!(bob.wait_for(LIMIT, |seen| seen.len() == 1));
     let out = s.d.run(&["plugin", "reload", "chat"]);
@@ -776,10 +781,7 @@ fn live_delivery_precedes_the_commit_and_only_confirmed_messages_are_durable() {
     let mut s = ChatServer::start("");
     s.add_user("bob");
     let mut bob = s.follow("bob");
-    assert!(wait_until(LIMIT, || s
-        .run_ok("demo", &["chat", "who"])
-        .lines()
-        .any(|l| l == "bob")));
+    s.wait_online("bob");
     let first = json_lines(&s.run_ok("demo", &["chat", "send", "bob", "committed", "--json"]));
     let committed_id = first[0]["id"].as_i64().unwrap();
     assert!(bob.wait_for(LIMIT, |seen| seen.len() == 1));
