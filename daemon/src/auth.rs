@@ -5,13 +5,20 @@
 //! runs the same exchange against stable fake parameters, so the reply and
 //! its timing are the same as for a wrong secret. Failures are penalised
 //! per user name and per source address before the next attempt.
+//!
+//! A key login takes one flight: the server's first flight carries an
+//! [`AdvanceChallenge`] (fresh nonce, the realm as salt, 0 iterations), so
+//! a key client sends AUTH_START and AUTH_PROOF together and the first key
+//! attempt gets no AUTH_CHALLENGE of its own. Password attempts and every
+//! later attempt get a fresh AUTH_CHALLENGE as before.
 
 use crate::connection::{Link, LinkError};
 use crate::server::Shared;
+use crate::users::Users;
 use ring::rand::{SecureRandom, SystemRandom};
-use sockd_proto::auth::{self, AuthTranscript, CHANNEL_BINDING_LEN};
+use sockd_proto::auth::{self, AuthTranscript, CHANNEL_BINDING_LEN, REALM_LEN};
 use sockd_proto::message::NONCE_LEN;
-use sockd_proto::{ErrorCode, Message};
+use sockd_proto::{CredentialKind, ErrorCode, Message};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -36,12 +43,45 @@ pub struct Authenticated {
     pub server_signature: [u8; 32],
 }
 
-/// Runs attempts until one succeeds.
+/// The key challenge of the server's first flight, sent with the TLS
+/// handshake before the client has named its user: valid for the first
+/// key attempt of the connection only.
+pub struct AdvanceChallenge {
+    server_nonce: [u8; NONCE_LEN],
+    realm: [u8; REALM_LEN],
+}
+
+impl AdvanceChallenge {
+    /// A fresh nonce, and the realm of `users` as the salt.
+    pub fn new(users: &Users) -> Result<Self, String> {
+        let mut server_nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut server_nonce)
+            .map_err(|_| "no randomness available".to_string())?;
+        Ok(Self {
+            server_nonce,
+            realm: *users.realm(),
+        })
+    }
+
+    /// The AUTH_CHALLENGE to send.
+    pub fn message(&self) -> Message {
+        Message::AuthChallenge {
+            server_nonce: self.server_nonce,
+            salt: self.realm.to_vec().into(),
+            iterations: 0,
+        }
+    }
+}
+
+/// Runs attempts until one succeeds. The first key attempt answers
+/// `advance`, which the server's first flight carried.
 pub async fn authenticate(
     link: &mut Link,
     shared: &Arc<Shared>,
     peer: SocketAddr,
     channel_binding: &[u8; CHANNEL_BINDING_LEN],
+    mut advance: Option<AdvanceChallenge>,
 ) -> Result<Authenticated, AuthEnd> {
     let rng = SystemRandom::new();
     let max_attempts = shared.config().auth.max_attempts;
@@ -80,19 +120,34 @@ pub async fn authenticate(
             }
         };
 
-        let mut server_nonce = [0u8; NONCE_LEN];
-        if rng.fill(&mut server_nonce).is_err() {
-            return Err(link
-                .fail(ErrorCode::Internal, "no randomness available")
-                .await
-                .into());
-        }
-        link.send(Message::AuthChallenge {
-            server_nonce,
-            salt: credential.salt.clone().into(),
-            iterations: credential.iterations,
-        })
-        .await?;
+        // Every key credential is salted with the realm, so a key
+        // challenge names it whoever asks: an unknown user's looks the same.
+        let (server_nonce, salt) = match advance.take() {
+            Some(a) if kind == CredentialKind::Key => {
+                tracing::debug!(%peer, user = %user, "key attempt answers the advance challenge (one flight)");
+                (a.server_nonce, a.realm.to_vec())
+            }
+            _ => {
+                let mut server_nonce = [0u8; NONCE_LEN];
+                if rng.fill(&mut server_nonce).is_err() {
+                    return Err(link
+                        .fail(ErrorCode::Internal, "no randomness available")
+                        .await
+                        .into());
+                }
+                let salt = match kind {
+                    CredentialKind::Key => users.realm().to_vec(),
+                    CredentialKind::Password => credential.salt.clone(),
+                };
+                link.send(Message::AuthChallenge {
+                    server_nonce,
+                    salt: salt.clone().into(),
+                    iterations: credential.iterations,
+                })
+                .await?;
+                (server_nonce, salt)
+            }
+        };
 
         let proof = match link.recv().await? {
             Message::AuthProof { proof } => proof,
@@ -103,7 +158,7 @@ pub async fn authenticate(
             kind,
             client_nonce: &client_nonce,
             server_nonce: &server_nonce,
-            salt: &credential.salt,
+            salt: &salt,
             iterations: credential.iterations,
             channel_binding,
         };

@@ -16,6 +16,13 @@
 //! any channel from a thread inside an inline call ([`InlineScope`]),
 //! `read` only polls and `write` is `try_write`; both answer
 //! [`ChannelError::WouldBlock`] where they would otherwise wait.
+//!
+//! A **pending** inline call (ABI 1.2) stays open after its handler
+//! returned: the channel then holds an [`InputHook`], which the `on_*`
+//! methods run right there, on the connection's task, whenever something
+//! arrives for the call (input, EOF, cancellation, credit). Runs of one
+//! channel's hook never overlap: a trigger that comes while the hook runs
+//! makes it run once more instead of waiting.
 
 use bytes::Bytes;
 use sockd_proto::{ErrorCode, Message};
@@ -68,6 +75,36 @@ struct State {
     waiters: u32,
     /// Plugin threads waiting for room in the connection's backlog.
     room_waiters: u32,
+    /// A pending call's input hook (ABI 1.2); dropped when the call ends.
+    hook: Option<Arc<dyn InputHook>>,
+    /// The hook is running; `hook_again`: run it once more when it returns.
+    hook_running: bool,
+    hook_again: bool,
+    /// Status of a `finish` that came while the inline handler still ran.
+    early_end: Option<i32>,
+}
+
+/// What [`Channel::request_end`] found.
+pub enum EndRequest {
+    /// The call is pending: end it through its hook.
+    Hook(Arc<dyn InputHook>),
+    /// The inline handler is still running: the end is applied if it
+    /// leaves the call pending.
+    Deferred,
+    /// The call has ended already (or another end was requested first).
+    Closed,
+    /// Not an inline call.
+    NotPending,
+}
+
+/// Serves a pending call (ABI 1.2) on the thread that feeds its channel.
+pub trait InputHook: Send + Sync {
+    /// Something arrived for the call: input, EOF, cancellation or credit.
+    /// Never runs concurrently with itself for one channel.
+    fn on_input(&self, channel: &Channel);
+    /// Ends the call with a plugin status (as `handle` returns it); false
+    /// if it had already ended. Exactly once, from any thread.
+    fn end(&self, channel: &Channel, status: i32) -> bool;
 }
 
 thread_local! {
@@ -103,8 +140,8 @@ fn in_inline_call() -> bool {
 #[derive(Debug, Clone)]
 pub struct Owner {
     pub session_id: u64,
-    pub user: String,
-    pub plugin: String,
+    pub user: Arc<str>,
+    pub plugin: Arc<str>,
 }
 
 pub struct Channel {
@@ -159,6 +196,10 @@ impl Channel {
                 inline: false,
                 waiters: 0,
                 room_waiters: 0,
+                hook: None,
+                hook_running: false,
+                hook_again: false,
+                early_end: None,
             }),
             changed: Condvar::new(),
         })
@@ -203,6 +244,93 @@ impl Channel {
         self.lock().inline = true;
     }
 
+    /// The call leaves the connection's task (it goes to a call thread).
+    pub fn clear_inline(&self) {
+        self.lock().inline = false;
+    }
+
+    /// Makes the call pending: `hook` serves its input from now on, until
+    /// the call finishes, and runs at once if input is already queued.
+    /// Only the thread running the hook (inside an [`InlineScope`]) is held
+    /// to non-blocking operations from now on; other threads may wait for
+    /// credit. Returns the status of a `finish` that came while the handler
+    /// ran instead (the hook is not installed then).
+    pub fn set_hook(&self, hook: Arc<dyn InputHook>) -> Option<i32> {
+        let mut s = self.lock();
+        s.inline = false;
+        if let Some(status) = s.early_end.take() {
+            return Some(status);
+        }
+        if s.finished {
+            return Some(sockd_plugin::sys::SOCKD_E_CLOSED);
+        }
+        s.hook = Some(hook);
+        if !s.inbound.is_empty() || s.cancelled {
+            self.run_hook(s);
+        }
+        None
+    }
+
+    /// Runs the pending call's hook now on this thread (or once more after
+    /// its current run); false if the call is not pending.
+    pub fn wake(&self) -> bool {
+        let s = self.lock();
+        if s.hook.is_none() {
+            return false;
+        }
+        self.run_hook(s);
+        true
+    }
+
+    /// The host's `finish` for this call: see [`EndRequest`].
+    pub fn request_end(&self, status: i32) -> EndRequest {
+        let mut s = self.lock();
+        if s.finished {
+            return EndRequest::Closed;
+        }
+        if let Some(hook) = &s.hook {
+            return EndRequest::Hook(hook.clone());
+        }
+        if !s.inline {
+            return EndRequest::NotPending;
+        }
+        if s.early_end.is_some() {
+            return EndRequest::Closed;
+        }
+        s.early_end = Some(status);
+        EndRequest::Deferred
+    }
+
+    /// The pending call's hook, while the call lasts.
+    pub fn hook(&self) -> Option<Arc<dyn InputHook>> {
+        self.lock().hook.clone()
+    }
+
+    /// Runs the hook (if any) on this thread, or, if it is running
+    /// already, asks that run to go round once more.
+    fn run_hook(&self, mut s: MutexGuard<'_, State>) {
+        let Some(hook) = s.hook.clone() else {
+            return;
+        };
+        if s.hook_running {
+            s.hook_again = true;
+            return;
+        }
+        s.hook_running = true;
+        drop(s);
+        loop {
+            hook.on_input(self);
+            let mut s = self.lock();
+            if s.hook_again && s.hook.is_some() {
+                s.hook_again = false;
+                continue;
+            }
+            s.hook_running = false;
+            s.hook_again = false;
+            return;
+        }
+    }
+
     /// Whether operations on this channel, from this thread, must not wait.
     fn nonblocking(s: &State) -> bool {
         s.inline || in_inline_call()
@@ -225,6 +353,7 @@ impl Channel {
         if !s.cancelled && !s.finished && !data.is_empty() {
             s.inbound.push_back(Inbound::Data { stream, data });
             self.wake_waiters(&s);
+            self.run_hook(s);
         }
         Ok(())
     }
@@ -234,6 +363,7 @@ impl Channel {
         if !s.finished {
             s.inbound.push_back(Inbound::Eof { stream });
             self.wake_waiters(&s);
+            self.run_hook(s);
         }
     }
 
@@ -241,6 +371,7 @@ impl Channel {
         let mut s = self.lock();
         s.send_credit = s.send_credit.saturating_add(bytes.into());
         self.wake_waiters(&s);
+        self.run_hook(s);
     }
 
     /// The client cancelled, or the connection is gone.
@@ -250,7 +381,7 @@ impl Channel {
         s.inbound.clear();
         self.wake_waiters(&s);
         let room_waiters = s.room_waiters > 0;
-        drop(s);
+        self.run_hook(s);
         if room_waiters {
             self.out.backlog().wake();
         }
@@ -477,7 +608,11 @@ impl Channel {
         });
         self.wake_waiters(&s);
         let room_waiters = s.room_waiters > 0;
+        // Dropped outside the lock: it may hold the last reference to the
+        // build's call state.
+        let hook = s.hook.take();
         drop(s);
+        drop(hook);
         if room_waiters {
             self.out.backlog().wake();
         }
@@ -494,7 +629,7 @@ impl Channel {
 const SHARDS: usize = 16;
 
 /// Subscribed channels by plugin, then user.
-type Subscribers = HashMap<String, HashMap<String, Vec<Arc<Channel>>>>;
+type Subscribers = HashMap<Arc<str>, HashMap<Arc<str>, Vec<Arc<Channel>>>>;
 
 /// All live channels by handle, for the plugin ABI, and the subscribed
 /// ones by plugin and user, so that a push looks at its recipient's
@@ -749,6 +884,73 @@ mod tests {
             ch.read(&mut 0, &mut [0u8; 1], Some(Duration::from_millis(1))),
             Err(ChannelError::Timeout)
         );
+    }
+
+    /// Counts its runs; the first run wakes the channel again from inside.
+    #[derive(Default)]
+    struct CountingHook {
+        runs: std::sync::atomic::AtomicU32,
+        depth: std::sync::atomic::AtomicU32,
+        deepest: std::sync::atomic::AtomicU32,
+    }
+
+    impl InputHook for CountingHook {
+        fn on_input(&self, channel: &Channel) {
+            let depth = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
+            self.deepest.fetch_max(depth, Ordering::SeqCst);
+            if self.runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                assert!(channel.wake(), "pending");
+            }
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+        }
+
+        fn end(&self, channel: &Channel, _status: i32) -> bool {
+            channel.finish(ErrorCode::Ok, "");
+            true
+        }
+    }
+
+    #[test]
+    fn a_pending_hook_runs_per_input_and_never_inside_itself() {
+        let (ch, _rx) = channel(8, 8);
+        ch.set_inline();
+        let hook = Arc::new(CountingHook::default());
+        assert_eq!(ch.set_hook(hook.clone()), None);
+        assert!(!ch.lock().inline, "other threads may wait from now on");
+        assert_eq!(hook.runs.load(Ordering::SeqCst), 0, "nothing queued yet");
+        // A wake from inside the hook makes it run once more, after it
+        // returned, not within itself.
+        ch.on_data(0, Bytes::from_static(b"x")).unwrap();
+        assert_eq!(hook.runs.load(Ordering::SeqCst), 2);
+        assert_eq!(hook.deepest.load(Ordering::SeqCst), 1);
+        ch.on_credit(4);
+        ch.on_eof(0);
+        assert_eq!(hook.runs.load(Ordering::SeqCst), 4);
+        // Finishing drops the hook: no more runs, no more wakes.
+        ch.finish(ErrorCode::Ok, "");
+        ch.cancel();
+        assert!(!ch.wake());
+        assert_eq!(hook.runs.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn an_end_requested_while_the_inline_handler_runs_waits_for_it() {
+        let (ch, _rx) = channel(8, 8);
+        assert!(matches!(ch.request_end(0), EndRequest::NotPending));
+        ch.set_inline();
+        assert!(matches!(ch.request_end(21), EndRequest::Deferred));
+        assert!(matches!(ch.request_end(0), EndRequest::Closed), "once");
+        // The handler leaves the call pending: the end comes instead.
+        let hook = Arc::new(CountingHook::default());
+        assert_eq!(ch.set_hook(hook.clone()), Some(21));
+        assert!(ch.hook().is_none());
+        // A pending call's end goes through its hook.
+        let (ch, _rx) = channel(8, 8);
+        ch.set_inline();
+        assert_eq!(ch.set_hook(hook), None);
+        assert!(matches!(ch.request_end(0), EndRequest::Hook(_)));
+        ch.finish(ErrorCode::Ok, "");
+        assert!(matches!(ch.request_end(0), EndRequest::Closed));
     }
 
     #[test]

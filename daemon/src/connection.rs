@@ -12,12 +12,12 @@ use crate::plugin::CallRequest;
 use crate::server::Shared;
 use crate::session::{Session, Sessions};
 use crate::shutdown::Shutdown;
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use sockd_proto::auth::{CHANNEL_BINDING_LABEL, CHANNEL_BINDING_LEN};
 use sockd_proto::frame::{FrameError, MIN_MAX_FRAME};
 use sockd_proto::message::PROTOCOL_VERSION;
 use sockd_proto::{ErrorCode, FrameCodec, Hello, Message};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::server::TlsStream;
-use tokio_util::codec::{Framed, FramedRead};
+use tokio_util::codec::{Encoder, Framed, FramedRead};
 
 type Transport = Framed<TlsStream<TcpStream>, FrameCodec>;
 
@@ -121,8 +121,29 @@ impl Link {
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: Shutdown) {
     let config = shared.config();
     let deadline = Instant::now() + config.auth.timeout();
+    // Our HELLO and the advance key challenge go out as 0.5-RTT data with
+    // the handshake (crate::tls): no need to wait for the client's HELLO.
+    let advance = match auth::AdvanceChallenge::new(&shared.users()) {
+        Ok(advance) => advance,
+        Err(e) => {
+            tracing::error!(%peer, "cannot challenge a login: {e}");
+            return;
+        }
+    };
+    let mut codec = FrameCodec::new(config.server.max_frame_size);
+    let mut first_flight = BytesMut::new();
+    for message in [server_hello(&config), advance.message()] {
+        if let Err(e) = codec.encode(message, &mut first_flight) {
+            tracing::error!(%peer, "cannot encode the first flight: {e}");
+            return;
+        }
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls());
-    let tls = match timeout_at(deadline, acceptor.accept(tcp)).await {
+    let accept = acceptor.accept_with(tcp, |conn| {
+        // Held by rustls (far below its 64 KiB limit) until its Finished.
+        let _ = std::io::Write::write_all(&mut conn.writer(), &first_flight);
+    });
+    let tls = match timeout_at(deadline, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::info!(%peer, "TLS handshake failed: {e}");
@@ -142,17 +163,20 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
         tracing::error!(%peer, "TLS exporter failed: {e}");
         return;
     }
-    let framed = Framed::new(tls, FrameCodec::new(config.server.max_frame_size));
+    let framed = Framed::new(tls, codec);
     let mut link = Link { framed, peer };
 
     let login = async {
         let client_hello = hello(&mut link, &shared).await?;
-        let authenticated = auth::authenticate(&mut link, &shared, peer, &channel_binding)
-            .await
-            .map_err(|e| match e {
-                AuthEnd::Link(e) => e,
-                AuthEnd::TooManyAttempts => LinkError::Violation("too many failed attempts".into()),
-            })?;
+        let authenticated =
+            auth::authenticate(&mut link, &shared, peer, &channel_binding, Some(advance))
+                .await
+                .map_err(|e| match e {
+                    AuthEnd::Link(e) => e,
+                    AuthEnd::TooManyAttempts => {
+                        LinkError::Violation("too many failed attempts".into())
+                    }
+                })?;
         Ok::<_, LinkError>((client_hello, authenticated))
     };
     let (client_hello, authenticated) = match timeout_at(deadline, login).await {
@@ -183,7 +207,21 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
     shared.plugins().session_closed(session.id);
 }
 
-/// Reads the client's HELLO, checks it and answers with ours.
+/// Our HELLO: sent before the client's arrives, so it says nothing that
+/// depends on the client's.
+fn server_hello(config: &crate::config::Config) -> Message {
+    Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: config.server.max_frame_size,
+        window: config.server.window,
+        software: format!("sockd {}", env!("CARGO_PKG_VERSION")),
+        identity: config.server.name.clone(),
+        capabilities: Vec::new(),
+    })
+}
+
+/// Reads the client's HELLO and checks it (ours went out with the TLS
+/// handshake); from here on no frame we send exceeds its `max_frame`.
 async fn hello(link: &mut Link, shared: &Shared) -> Result<Hello, LinkError> {
     let h = match link.recv().await? {
         Message::Hello(h) => h,
@@ -205,15 +243,6 @@ async fn hello(link: &mut Link, shared: &Shared) -> Result<Hello, LinkError> {
         .max_frame
         .min(config.server.max_frame_size.max(MIN_MAX_FRAME));
     link.framed.codec_mut().set_max_send(send_max);
-    link.send(Message::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        max_frame: config.server.max_frame_size,
-        window: config.server.window,
-        software: format!("sockd {}", env!("CARGO_PKG_VERSION")),
-        identity: config.server.name.clone(),
-        capabilities: Vec::new(),
-    }))
-    .await?;
     Ok(h)
 }
 
@@ -233,7 +262,7 @@ async fn run_session(
     // stay in the reader's buffer.
     let parts = link.framed.into_parts();
     let (read_half, write_half) = tokio::io::split(parts.io);
-    let mut stream = FramedRead::new(read_half, parts.codec.clone());
+    let mut stream = FramedRead::with_capacity(read_half, parts.codec.clone(), 0);
     *stream.read_buffer_mut() = parts.read_buf;
     let (out_tx, out_rx) = crate::outbound::channel();
     let backlog = out_tx.backlog().clone();
@@ -264,7 +293,9 @@ async fn run_session(
     let idle = config.server.idle_timeout();
     let window = config.server.window;
     let max_channels = config.server.max_channels_per_connection;
-    let mut channels: HashMap<u32, Arc<Channel>> = HashMap::new();
+    let mut channels = OpenChannels::default();
+    // Fixed for the session, like its user: computed once, not per call.
+    let home = config.server.home_root().join(&*session.user);
     let mut kicked = session.kicked();
     let mut going_away = false;
     let mut writer_done = false;
@@ -317,7 +348,7 @@ async fn run_session(
                     }
                     Message::Pong { .. } => {}
                     Message::Open { channel: id, command, args } => {
-                        if channels.contains_key(&id) {
+                        if channels.get(id).is_some() {
                             fatal(ErrorCode::Protocol, format!("channel {id} is already open"));
                             break;
                         }
@@ -332,25 +363,28 @@ async fn run_session(
                             refuse(ErrorCode::Busy, format!("too many open channels on this connection (maximum {max_channels})"));
                             continue;
                         }
-                        let plugins = shared.plugins();
-                        let Some(plugin) = plugins.plugin_for(&command) else {
-                            refuse(ErrorCode::UnknownCommand, format!("no plugin serves the command `{command}`"));
-                            continue;
+                        // Unknown, quarantined or stopping: refused before
+                        // a channel is made.
+                        let call = match shared.plugins().prepare_call(&command) {
+                            Ok(call) => call,
+                            Err((code, message)) => {
+                                refuse(code, message);
+                                continue;
+                            }
                         };
-                        let owner = Owner { session_id: session.id, user: session.user.clone(), plugin };
+                        let owner = Owner { session_id: session.id, user: session.user.clone(), plugin: call.plugin() };
                         let channel = Channel::new(id, owner, out_tx.clone(), window, client.window, max_chunk);
                         ChannelTable::global().insert(channel.clone());
                         channels.insert(id, channel.clone());
                         session.open_operation(id, &command);
-                        let home = shared.config().server.home_root().join(&session.user);
-                        let request = CallRequest { channel: channel.clone(), session: session.clone(), home, command, args };
-                        if let Err((code, message)) = plugins.start_call(request) {
+                        let request = CallRequest { channel: channel.clone(), session: session.clone(), home: home.clone(), command, args };
+                        if let Err((code, message)) = call.start(request) {
                             channel.finish(code, &message);
                         }
                     }
                     Message::Data { channel: id, stream, data } => {
                         // Data for a channel that already closed is in flight; drop it.
-                        if let Some(ch) = channels.get(&id)
+                        if let Some(ch) = channels.get(id)
                             && let Err(v) = ch.on_data(stream, data)
                         {
                             fatal(ErrorCode::Protocol, format!("channel {id}: {} bytes sent with only {} credit", v.sent, v.allowed));
@@ -358,17 +392,17 @@ async fn run_session(
                         }
                     }
                     Message::Eof { channel: id, stream } => {
-                        if let Some(ch) = channels.get(&id) {
+                        if let Some(ch) = channels.get(id) {
                             ch.on_eof(stream);
                         }
                     }
                     Message::Credit { channel: id, bytes } => {
-                        if let Some(ch) = channels.get(&id) {
+                        if let Some(ch) = channels.get(id) {
                             ch.on_credit(bytes);
                         }
                     }
                     Message::Close { channel: id, .. } => {
-                        if let Some(ch) = channels.get(&id) {
+                        if let Some(ch) = channels.get(id) {
                             ch.cancel();
                         }
                     }
@@ -386,7 +420,7 @@ async fn run_session(
             }
             closed = closed_rx.recv(), if going_away => {
                 let Some(id) = closed else { break };
-                channels.remove(&id);
+                channels.remove(id);
                 if channels.is_empty() {
                     break;
                 }
@@ -422,7 +456,7 @@ async fn run_session(
 
     // Each channel holds a sender to the writer: drop ours, so the writer
     // ends as soon as the plugin threads still running let go of theirs.
-    for (_, ch) in channels.drain() {
+    for (_, ch) in channels.0.drain(..) {
         ch.cancel();
     }
     drop(out_tx);
@@ -440,11 +474,38 @@ async fn run_session(
 }
 
 /// Frees the numbers of channels whose CLOSE the writer has sent.
-fn forget_closed(
-    channels: &mut HashMap<u32, Arc<Channel>>,
-    closed: &mut mpsc::UnboundedReceiver<u32>,
-) {
+fn forget_closed(channels: &mut OpenChannels, closed: &mut mpsc::UnboundedReceiver<u32>) {
     while let Ok(id) = closed.try_recv() {
-        channels.remove(&id);
+        channels.remove(id);
+    }
+}
+
+/// The connection's open channels by number. At most
+/// `max_channels_per_connection` (64 by default), so a linear scan of a
+/// vector beats hashing every frame's channel number.
+#[derive(Default)]
+struct OpenChannels(Vec<(u32, Arc<Channel>)>);
+
+impl OpenChannels {
+    fn get(&self, id: u32) -> Option<&Arc<Channel>> {
+        self.0.iter().find(|(n, _)| *n == id).map(|(_, ch)| ch)
+    }
+
+    fn insert(&mut self, id: u32, channel: Arc<Channel>) {
+        self.0.push((id, channel));
+    }
+
+    fn remove(&mut self, id: u32) {
+        if let Some(i) = self.0.iter().position(|(n, _)| *n == id) {
+            self.0.swap_remove(i);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }

@@ -11,8 +11,8 @@ use crate::server::Shared;
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;
 use crate::users::{record_to_credential, valid_user_name};
-use sockd_proto::ErrorCode;
-use sockd_proto::control::{Request, Response, StatusInfo};
+use sockd_proto::control::{RealmInfo, Request, Response, StatusInfo};
+use sockd_proto::{CredentialKind, ErrorCode};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,6 +161,7 @@ fn request_name(r: &Request) -> String {
         Request::UserAdd { name, .. } => format!("user add {name}"),
         Request::UserDel { name } => format!("user del {name}"),
         Request::UserList {} => "user list".into(),
+        Request::Realm {} => "realm".into(),
         Request::Reload {} => "reload".into(),
         Request::Plugins {} => "plugins".into(),
         Request::PluginReload { name } => format!("plugin reload {name}"),
@@ -212,6 +213,14 @@ async fn execute(request: Request, shared: &Arc<Shared>) -> Response {
                 }
             };
             update_users(shared, move |users| {
+                if stored.kind == CredentialKind::Key && stored.salt != users.realm() {
+                    return Err((
+                        ErrorCode::BadRequest,
+                        "bad credential: a key credential must be salted with this server's \
+                         realm (`{\"cmd\":\"realm\"}`); this sockctl may be older than the daemon"
+                            .to_string(),
+                    ));
+                }
                 if users.contains(&name) && !replace {
                     return Err((
                         ErrorCode::AlreadyExists,
@@ -251,6 +260,24 @@ async fn execute(request: Request, shared: &Arc<Shared>) -> Response {
             response
         }
         Request::UserList {} => Response::ok(shared.users().list()),
+        Request::Realm {} => {
+            let users = shared.users();
+            let realm = RealmInfo {
+                realm: sockd_proto::hex::encode(users.realm()),
+            };
+            if users.realm_saved() {
+                return Response::ok(realm);
+            }
+            // Written before it is handed out: a key derived with it stays
+            // valid across restarts and reloads.
+            update_users(shared, |users| {
+                let realm = RealmInfo {
+                    realm: sockd_proto::hex::encode(users.realm()),
+                };
+                Ok(serde_json::to_value(realm).unwrap_or_default())
+            })
+            .await
+        }
         Request::Reload {} => match shared.reload().await {
             Ok(summary) => Response::ok(serde_json::json!({ "reloaded": summary })),
             Err(e) => Response::err(ErrorCode::BadRequest, e.to_string()),

@@ -7,6 +7,7 @@
 
 use crate::users::Users;
 use ring::rand::{SecureRandom, SystemRandom};
+use sockd_proto::CredentialKind;
 use sockd_proto::auth::{self, Secret, StoredCredential};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -95,20 +96,41 @@ pub fn prepare(dir: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(&state).map_err(|e| format!("{}: {e}", state.display()))?;
     let users_path = state.join("users.toml");
     let key_file = dir.join("demo.key");
-    let mut users = Users::load(&users_path)?;
-    if !users.contains(DEMO_USER) || !key_file.exists() {
-        let rng = SystemRandom::new();
-        let mut demo_key = [0u8; auth::KEY_LEN];
-        let mut salt = vec![0u8; auth::SALT_LEN];
-        rng.fill(&mut demo_key)
-            .and_then(|_| rng.fill(&mut salt))
-            .map_err(|_| "no randomness available")?;
-        let _ = std::fs::remove_file(&key_file);
-        write_new(&key_file, auth::encode_key(&demo_key).as_bytes(), 0o600)?;
-        users.insert(
-            DEMO_USER,
-            StoredCredential::new(&Secret::Key(demo_key), salt, 0),
-        );
+    let mut users = Users::load_quietly(&users_path)?;
+    let realm = users.realm().to_vec();
+    let changed = match users.get(DEMO_USER).cloned() {
+        Some(demo) if key_file.exists() => {
+            // A dev directory from before realms: the demo key is salted
+            // per user; re-derive it with the realm (if it is still the
+            // key in demo.key, not one an operator put there since).
+            let key = std::fs::read_to_string(&key_file)
+                .ok()
+                .and_then(|text| auth::decode_key(&text).ok());
+            match key {
+                Some(key)
+                    if demo.kind == CredentialKind::Key
+                        && demo.salt != realm
+                        && StoredCredential::new(&Secret::Key(key), demo.salt.clone(), 0)
+                            == demo =>
+                {
+                    users.insert(DEMO_USER, auth::key_credential(&key, &realm));
+                    true
+                }
+                _ => false,
+            }
+        }
+        _ => {
+            let mut demo_key = [0u8; auth::KEY_LEN];
+            SystemRandom::new()
+                .fill(&mut demo_key)
+                .map_err(|_| "no randomness available")?;
+            let _ = std::fs::remove_file(&key_file);
+            write_new(&key_file, auth::encode_key(&demo_key).as_bytes(), 0o600)?;
+            users.insert(DEMO_USER, auth::key_credential(&demo_key, &realm));
+            true
+        }
+    };
+    if changed || !users.realm_saved() {
         users
             .save(&users_path)
             .map_err(|e| format!("{}: {e}", users_path.display()))?;

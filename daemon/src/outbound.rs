@@ -160,6 +160,9 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
     let result: std::io::Result<()> = async {
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
+            // Reported to the backlog once per batch: one atomic update
+            // shared with the queueing side instead of one per message.
+            let mut handed_on = 0;
             while let Some(m) = next {
                 let closed_id = match &m {
                     Message::Close { channel, .. } => Some(*channel),
@@ -178,17 +181,19 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
                         pending.extend_from_slice(&header);
                         let mut out = (&mut pending).chain(data);
                         io.write_all_buf(&mut out).await?;
+                        backlog.written(std::mem::take(&mut handed_on) + weight);
                     }
                     m => {
                         codec
                             .encode(m, &mut pending)
                             .map_err(std::io::Error::other)?;
+                        handed_on += weight;
                         if pending.len() >= BATCH_LIMIT {
                             io.write_all_buf(&mut pending).await?;
+                            backlog.written(std::mem::take(&mut handed_on));
                         }
                     }
                 }
-                backlog.written(weight);
                 if let Some(id) = closed_id {
                     on_close(id);
                 }
@@ -200,6 +205,7 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
                     next = rx.try_recv().ok();
                 }
             }
+            backlog.written(handed_on);
             io.write_all_buf(&mut pending).await?;
             io.flush().await?;
         }

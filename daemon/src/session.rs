@@ -11,8 +11,10 @@ use tokio::sync::watch;
 
 pub struct Session {
     pub id: u64,
-    pub user: String,
+    pub user: Arc<str>,
     pub peer: SocketAddr,
+    /// `peer` as text, formatted once for every call that is told it.
+    pub peer_text: Box<str>,
     pub since: SystemTime,
     /// Open channels: wire id -> command.
     operations: Mutex<HashMap<u32, String>>,
@@ -57,8 +59,8 @@ impl Session {
         commands.sort();
         sockd_proto::control::SessionInfo {
             id: self.id,
-            user: self.user.clone(),
-            address: self.peer.to_string(),
+            user: self.user.to_string(),
+            address: self.peer_text.to_string(),
             since: self
                 .since
                 .duration_since(UNIX_EPOCH)
@@ -91,8 +93,9 @@ impl Sessions {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session {
             id,
-            user: user.to_string(),
+            user: user.into(),
             peer,
+            peer_text: peer.to_string().into(),
             since: SystemTime::now(),
             operations: Mutex::new(HashMap::new()),
             kick: watch::channel(false).0,
@@ -147,6 +150,6 @@ impl Sessions {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .any(|s| s.user == user)
+            .any(|s| *s.user == *user)
     }
 }

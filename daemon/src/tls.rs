@@ -47,6 +47,13 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConf
     // sockctl does not resume sessions (every login is fresh and channel-
     // bound), so session tickets would only cost a write and cache memory.
     config.send_tls13_tickets = 0;
+    // The server's HELLO and the advance key challenge, written before the
+    // handshake (crate::connection::serve), leave right behind the server's
+    // Finished, in the same flight: a key client can answer with its own
+    // Finished. rustls allows this only without client certificates, which
+    // sockd does not use; it is safe here because nothing in that flight is
+    // secret or depends on who the client is.
+    config.send_half_rtt_data = true;
     Ok(Arc::new(config))
 }
 

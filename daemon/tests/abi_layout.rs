@@ -54,7 +54,7 @@ fn plugin_abi_rust_mirror_matches_the_c_header() {
         "sockd_call",
         SockdCall,
         [
-            size, channel, session_id, user, home, command, argc, argv, peer
+            size, channel, session_id, user, home, command, argc, argv, peer, flags
         ]
     );
     layout!(
@@ -73,7 +73,9 @@ fn plugin_abi_rust_mirror_matches_the_c_header() {
             set_result,
             subscribe,
             push_user,
-            user_online
+            user_online,
+            finish,
+            wake
         ]
     );
     layout!(
@@ -92,12 +94,21 @@ fn plugin_abi_rust_mirror_matches_the_c_header() {
             handle,
             session_closed,
             shutdown,
-            inline_commands
+            inline_commands,
+            on_input
         ]
     );
     put(
         "const SOCKD_PLUGIN_SIZE_1_0".into(),
         sys::SOCKD_PLUGIN_SIZE_1_0.to_string(),
+    );
+    put(
+        "const SOCKD_PLUGIN_SIZE_1_1".into(),
+        sys::SOCKD_PLUGIN_SIZE_1_1.to_string(),
+    );
+    put(
+        "const SOCKD_HOST_SIZE_1_1".into(),
+        sys::SOCKD_HOST_SIZE_1_1.to_string(),
     );
 
     put("magic".into(), format!("{:x}", sys::SOCKD_PLUGIN_MAGIC));
@@ -135,6 +146,9 @@ fn plugin_abi_rust_mirror_matches_the_c_header() {
         SOCKD_E_WOULD_BLOCK,
         SOCKD_E_CLOSED,
         SOCKD_E_PANICKED,
+        SOCKD_PENDING,
+        SOCKD_RUN_ON_THREAD,
+        SOCKD_CALL_INLINE,
         SOCKD_STREAM_MAIN,
         SOCKD_STREAM_DIAG,
         SOCKD_STREAM_CONTROL,
@@ -172,10 +186,33 @@ fn plugin_abi_1_1_only_appends_to_the_1_0_descriptor() {
         offset_of!(SockdPlugin, shutdown) + size_of::<usize>()
     );
     assert_eq!(
-        size_of::<SockdPlugin>(),
+        sys::SOCKD_PLUGIN_SIZE_1_1,
         sys::SOCKD_PLUGIN_SIZE_1_0 + size_of::<usize>()
     );
-    assert_eq!((sys::SOCKD_ABI_MAJOR, sys::SOCKD_ABI_MINOR), (1, 1));
+}
+
+#[test]
+fn plugin_abi_1_2_only_appends_to_the_1_1_tables() {
+    // 1.2 appends on_input to the descriptor, finish and wake to the host
+    // table and
+    // flags to the call; nothing before them moves.
+    assert_eq!(
+        size_of::<SockdPlugin>(),
+        sys::SOCKD_PLUGIN_SIZE_1_1 + size_of::<usize>()
+    );
+    assert_eq!(
+        sys::SOCKD_HOST_SIZE_1_1,
+        offset_of!(SockdHost, user_online) + size_of::<usize>()
+    );
+    assert_eq!(
+        size_of::<SockdHost>(),
+        sys::SOCKD_HOST_SIZE_1_1 + 2 * size_of::<usize>()
+    );
+    assert_eq!(
+        offset_of!(SockdCall, flags),
+        offset_of!(SockdCall, peer) + size_of::<sys::SockdStr>()
+    );
+    assert_eq!((sys::SOCKD_ABI_MAJOR, sys::SOCKD_ABI_MINOR), (1, 2));
 }
 
 #[test]

@@ -570,8 +570,142 @@ fn plugin_built_for_abi_1_0_loads_and_runs_on_a_call_thread() {
         "V_INLINE=\"variant\"",
     ]);
     assert_eq!((abi.as_str(), answer.as_str()), ("1.0", "read 0\n"));
-    // The same command declared inline by a 1.1 descriptor: its read may
-    // not wait.
-    let (abi, answer) = variant_call(&["V_INLINE=\"variant\""]);
+    // The same command declared inline by a 1.1 descriptor (which ends
+    // before on_input): its read may not wait.
+    let (abi, answer) = variant_call(&[
+        "V_MINOR=1",
+        "V_SIZE=SOCKD_PLUGIN_SIZE_1_1",
+        "V_INLINE=\"variant\"",
+    ]);
     assert_eq!((abi.as_str(), answer.as_str()), ("1.1", "read -100\n"));
+    // And by a 1.2 one, which has no on_input: the same.
+    let (abi, answer) = variant_call(&["V_INLINE=\"variant\""]);
+    assert_eq!((abi.as_str(), answer.as_str()), ("1.2", "read -100\n"));
+}
+
+// ---- ABI 1.2: pending inline calls ----
+
+#[test]
+fn plugin_pending_call_serves_each_input_on_the_feeding_thread() {
+    let d = dirs();
+    let host = host_with_testkit(&d, "");
+    let s = session("pending-echo");
+    let mut call = start(&host, &s, "inline-echo", &[], CREDIT).expect("starts");
+    assert!(!call.channel.is_finished(), "stays open after handle");
+    for text in ["one", "two"] {
+        call.send(0, text);
+        // on_input ran inside on_data, on this thread: the echo is queued.
+        match call.next() {
+            Message::Data {
+                stream: 0, data, ..
+            } => assert_eq!(&data[..], text.as_bytes()),
+            other => panic!("expected the echo, got {other:?}"),
+        }
+    }
+    call.send(2, "ctl");
+    call.eof(0);
+    assert!(call.channel.is_finished(), "ended by on_input at EOF");
+    let closed = call.wait();
+    assert_eq!(closed.code, Some(ErrorCode::Ok));
+    assert_eq!(closed.streams.get(&2).map(Vec::as_slice), Some(&b"ctl"[..]));
+    assert_eq!(closed.eofs, [0]);
+    let i = info(&host, "testkit");
+    assert_eq!((i.calls, i.errors, i.panics), (1, 0, 0));
+}
+
+#[test]
+fn plugin_inline_call_may_ask_for_a_call_thread() {
+    let d = dirs();
+    let host = host_with_testkit(&d, "");
+    let s = session("pending-thread");
+    let call = start(&host, &s, "inline-echo", &["--on-thread"], CREDIT).expect("starts");
+    call.send(0, "abc");
+    call.eof(0);
+    let closed = call.wait();
+    assert_eq!(closed.code, Some(ErrorCode::Ok));
+    assert_eq!(closed.main(), "--on-thread\nabc");
+}
+
+#[test]
+fn plugin_pending_call_is_finished_by_another_thread_exactly_once() {
+    let d = dirs();
+    let host = host_with_testkit(&d, "");
+    let s = session("pending-later");
+    for ms in ["0", "30"] {
+        let call = start(&host, &s, "inline-later", &[ms], CREDIT).expect("starts");
+        call.send(0, "ignored");
+        let closed = call.wait();
+        assert_eq!(
+            (closed.code, closed.main()),
+            (Some(ErrorCode::Ok), "later\n".into())
+        );
+    }
+    // The host's finish on a call that is not pending, or ended: refused.
+    let table = sockd::plugin::host_api::HostTable::leak("t-finish");
+    // SAFETY (test): the table comes from HostTable::leak.
+    let raw = unsafe { &*table.as_raw() };
+    let call = start(&host, &s, "inline-later", &["0"], CREDIT).expect("starts");
+    let handle = call.channel.handle;
+    assert_eq!(call.wait().code, Some(ErrorCode::Ok));
+    // SAFETY (test): plain values.
+    assert_eq!(unsafe { (raw.finish)(handle, 0) }, -101);
+    let sleeper = start(&host, &s, "sleep", &["0"], CREDIT).expect("starts");
+    let handle = sleeper.channel.handle;
+    // SAFETY (test): plain values. A call on a thread is not pending.
+    let refused = unsafe { (raw.finish)(handle, 0) };
+    assert!(refused == -10 || refused == -101, "{refused}");
+    assert_eq!(sleeper.wait().code, Some(ErrorCode::Ok));
+    let i = info(&host, "testkit");
+    assert_eq!((i.calls, i.errors), (4, 0));
+}
+
+#[test]
+fn plugin_pending_calls_end_when_the_client_cancels_or_leaves() {
+    let d = dirs();
+    let marker = d.state.path().join("events");
+    let host = host_with_testkit(&d, &marker_settings(&marker));
+    let s = session("pending-cancel");
+    // A client CLOSE, and a disconnect (the connection cancels every
+    // channel): the same for the host.
+    for (command, args) in [("inline-later", &["60000"][..]), ("inline-echo", &[])] {
+        let call = start(&host, &s, command, args, CREDIT).expect("starts");
+        assert!(!call.channel.is_finished());
+        call.channel.cancel();
+        assert!(call.channel.is_finished(), "{command}: ended by the cancel");
+        let closed = call.wait();
+        assert_eq!(closed.code, Some(ErrorCode::Cancelled), "{command}");
+    }
+    // Both calls ended on their build: a reload shuts it down at once.
+    host.reload("testkit").expect("reload");
+    assert!(events(&marker).contains(&"shutdown".to_string()));
+}
+
+#[test]
+fn plugin_pending_call_panic_becomes_internal_and_counts_to_quarantine() {
+    let d = dirs();
+    testkit(d.plugins.path(), "libsockd_testkit.so");
+    let mut cfg = config(
+        d.plugins.path(),
+        OnPluginError::Refuse,
+        &[("testkit", "libsockd_testkit.so", "")],
+    );
+    cfg.quarantine_after = 2;
+    let host = PluginHost::load(&cfg, d.state.path()).expect("loads");
+    let s = session("pending-panicky");
+    for _ in 0..2 {
+        let call = start(&host, &s, "inline-input-panic", &[], CREDIT).expect("starts");
+        call.send(0, "boom");
+        let closed = call.wait();
+        assert_eq!(closed.code, Some(ErrorCode::Internal));
+        assert_eq!(
+            closed.message,
+            "plugin panicked: testkit was asked to panic in on_input"
+        );
+    }
+    let i = info(&host, "testkit");
+    assert_eq!((i.state.as_str(), i.panics), ("quarantined", 2));
+    let e = start(&host, &s, "inline-echo", &[], CREDIT)
+        .err()
+        .expect("quarantined");
+    assert_eq!(e.0, ErrorCode::Unavailable);
 }

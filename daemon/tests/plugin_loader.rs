@@ -174,6 +174,29 @@ fn plugin_with_a_short_descriptor_is_refused() {
 }
 
 #[test]
+fn plugin_claiming_a_minor_its_size_does_not_cover_is_refused() {
+    // A 1.2 descriptor cut short at the 1.1 size: on_input would be read
+    // past its end.
+    let d = dirs();
+    variant(
+        d.plugins.path(),
+        "libvariant.so",
+        &["V_MINOR=2", "V_SIZE=SOCKD_PLUGIN_SIZE_1_1"],
+    );
+    let e = refused(&d, "variant", "libvariant.so");
+    let (need, found) = (
+        size_of::<sockd_plugin::sys::SockdPlugin>(),
+        sockd_plugin::sys::SOCKD_PLUGIN_SIZE_1_1,
+    );
+    assert!(
+        e.ends_with(&format!(
+            "DETAIL: field size: expected at least {need} for ABI 1.2, found {found}"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
 fn plugin_whose_name_differs_from_its_table_is_refused() {
     let d = dirs();
     variant(d.plugins.path(), "libvariant.so", &["V_NAME=\"other\""]);
@@ -296,7 +319,7 @@ fn plugin_upper_loads_and_serves_its_command() {
     let info = &list[0];
     assert_eq!(
         (info.name.as_str(), info.version.as_str(), info.abi.as_str()),
-        ("upper", "1.0.0", "1.1")
+        ("upper", "1.0.0", "1.2")
     );
     assert_eq!(
         (info.state.as_str(), info.builds, info.commands.clone()),

@@ -5,6 +5,11 @@
 //! none of them lets anyone compute a client proof. The proof signs an
 //! "auth message" that includes both nonces and the channel binding, so it
 //! is useless on any other attempt or any other TLS connection.
+//!
+//! Key credentials are salted with the server's *realm* (one random value
+//! per users file) rather than a per-user salt, so that the server can send
+//! a key challenge before it knows who is logging in and a key login takes
+//! one flight from the client (docs/PROTOCOL.md, "One-flight key login").
 
 use crate::message::{CredentialKind, NONCE_LEN};
 use ring::{digest, hmac, pbkdf2};
@@ -24,6 +29,8 @@ pub const MIN_ITERATIONS: u32 = 10_000;
 pub const MAX_ITERATIONS: u32 = 5_000_000;
 /// Length of salts the server creates.
 pub const SALT_LEN: usize = 16;
+/// Length of a server's realm: the salt of every key credential it stores.
+pub const REALM_LEN: usize = 16;
 /// Salts longer than this are refused by the client.
 pub const MAX_SALT_LEN: usize = 64;
 /// Length of a key credential.
@@ -134,6 +141,14 @@ impl StoredCredential {
             server_key: keys.server_key,
         }
     }
+}
+
+/// What the server stores for a key: salted with the server's realm, so
+/// that ClientKey differs between servers (a server that learns ClientKey
+/// from a proof cannot use it at another) while the server can challenge a
+/// key client before it names its user.
+pub fn key_credential(key: &[u8; KEY_LEN], realm: &[u8]) -> StoredCredential {
+    StoredCredential::new(&Secret::Key(*key), realm.to_vec(), 0)
 }
 
 /// The inputs every proof and signature covers.
@@ -440,6 +455,26 @@ mod tests {
         assert_eq!(decode_key(&text).unwrap(), key);
         assert!(decode_key("abcd").unwrap_err().contains("2 bytes"));
         assert!(decode_key("zz").is_err());
+    }
+
+    #[test]
+    fn a_key_proof_for_another_realm_fails() {
+        let key = [7u8; KEY_LEN];
+        let here = key_credential(&key, &[1; REALM_LEN]);
+        let elsewhere = key_credential(&key, &[2; REALM_LEN]);
+        assert_ne!(here.stored_key, elsewhere.stored_key);
+        let (cn, sn, cb) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        // The client answers a challenge carrying the other server's realm.
+        let t_other = transcript("k", CredentialKind::Key, &cn, &sn, &elsewhere.salt, 0, &cb);
+        let proof = ClientProof::new(
+            &salted_secret(&Secret::Key(key), &elsewhere.salt, 0),
+            &t_other,
+        )
+        .proof;
+        assert!(verify_client_proof(&elsewhere, &t_other, &proof).is_some());
+        let t_here = transcript("k", CredentialKind::Key, &cn, &sn, &here.salt, 0, &cb);
+        assert!(verify_client_proof(&here, &t_here, &proof).is_none());
+        assert!(verify_client_proof(&here, &t_other, &proof).is_none());
     }
 
     /// The worked example in docs/PROTOCOL.md: if this changes, so must the docs.

@@ -25,6 +25,10 @@ pub enum Request {
         name: String,
     },
     UserList {},
+    /// The realm key credentials must be salted with (see
+    /// [`crate::auth::key_credential`]); the daemon writes it to the users
+    /// file before answering, so it stays the same.
+    Realm {},
     /// Re-reads config, users and certificates; answers when done.
     Reload {},
     Plugins {},
@@ -145,6 +149,13 @@ pub struct SessionInfo {
     pub commands: Vec<String>,
 }
 
+/// The answer to [`Request::Realm`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealmInfo {
+    /// Hex.
+    pub realm: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserInfo {
     pub name: String,
@@ -178,6 +189,8 @@ mod tests {
     fn request_json_shape() {
         let r: Request = serde_json::from_str(r#"{"cmd":"kick","id":3}"#).unwrap();
         assert_eq!(r, Request::Kick { id: 3 });
+        let r: Request = serde_json::from_str(r#"{"cmd":"realm"}"#).unwrap();
+        assert_eq!(r, Request::Realm {});
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"nope"}"#).is_err());
     }

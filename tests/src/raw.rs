@@ -167,7 +167,15 @@ impl RawClient {
             client_nonce,
         })
         .await;
-        match self.recv().await {
+        let mut reply = self.recv().await;
+        // The server's first flight ends with the advance key challenge
+        // (0 iterations); a password attempt gets its own after it.
+        if kind == sockd_proto::CredentialKind::Password
+            && matches!(reply, Some(Message::AuthChallenge { iterations: 0, .. }))
+        {
+            reply = self.recv().await;
+        }
+        match reply {
             Some(Message::AuthChallenge {
                 server_nonce,
                 salt,

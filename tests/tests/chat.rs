@@ -955,3 +955,69 @@ fn concurrent_senders_into_one_room_are_seen_in_one_order_by_every_member() {
         r.interrupt();
     }
 }
+
+#[test]
+fn send_lines_answers_alike_on_a_call_thread_and_on_the_connections_task() {
+    // The first send-lines opens the store on a call thread; later ones
+    // are served on the connection's task (ABI 1.2 pending call), with the
+    // same answers: each accepted line's result, then the refusal with the
+    // count.
+    let mut s = ChatServer::start("max_message_bytes = 10\n");
+    s.add_user("bob");
+    // The store is not open yet: this one runs on a call thread.
+    let unknown = |s: &ChatServer| {
+        let out = s.run_with_input("demo", &["chat", "send", "bob", "-", "--lines"], b"hi\n");
+        (out.code(), out.stderr_text())
+    };
+    let on_a_thread = unknown(&s);
+    assert!(on_a_thread.1.contains("no such user"), "{}", on_a_thread.1);
+    assert!(s.read("bob").is_empty(), "bob has logged in once");
+    // Now served on the connection's task: the same refusal for a user
+    // chat does not know.
+    s.add_user("carol");
+    let out = s.run_with_input("demo", &["chat", "send", "carol", "-", "--lines"], b"hi\n");
+    assert_eq!(
+        (out.code(), out.stderr_text().replace("carol", "bob")),
+        on_a_thread
+    );
+    let input = b"one\n\ntwo\r\nthis is far too long\nthree\n";
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let out = s.run_with_input(
+            "demo",
+            &["chat", "send", "bob", "-", "--lines", "--json"],
+            input,
+        );
+        let results = json_lines(&out.stdout_text());
+        assert_eq!(
+            results.len(),
+            2,
+            "{} / {}",
+            out.stdout_text(),
+            out.stderr_text()
+        );
+        assert!(results.iter().all(|r| r["to"] == "bob"), "{results:?}");
+        answers.push((out.code(), out.stderr_text()));
+    }
+    assert_eq!(answers[0], answers[1], "the same answer every time");
+    assert!(
+        answers[0].1.contains("message too large")
+            && answers[0].1.contains("(2 message(s) sent before)"),
+        "{}",
+        answers[0].1
+    );
+    // A line longer than any message ends the call, without its rest.
+    let long = format!("ok\n{}", "x".repeat(64));
+    let out = s.run_with_input(
+        "demo",
+        &["chat", "send", "bob", "-", "--lines"],
+        long.as_bytes(),
+    );
+    assert_ne!(out.code(), 0);
+    assert!(
+        out.stderr_text().contains("line too long"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(texts(&s.read("bob")), ["one", "two", "one", "two", "ok"]);
+}

@@ -23,6 +23,29 @@ fn write_key(path: &Path, key: [u8; 32]) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// The realm in the users file (the salt of every key credential).
+fn realm_of(d: &Daemon) -> Vec<u8> {
+    let users = std::fs::read_to_string(d.path("state/users.toml")).unwrap();
+    users
+        .lines()
+        .find_map(|l| l.strip_prefix("realm = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .and_then(sockd_proto::hex::decode)
+        .expect("a realm in users.toml")
+}
+
+/// A users table as the operator or an older sockd wrote it.
+fn users_entry(name: &str, cred: &StoredCredential) -> String {
+    format!(
+        "\n[users.{name}]\nkind = \"{}\"\nsalt = \"{}\"\niterations = {}\nstored_key = \"{}\"\nserver_key = \"{}\"\n",
+        cred.kind.name(),
+        sockd_proto::hex::encode(&cred.salt),
+        cred.iterations,
+        sockd_proto::hex::encode(&cred.stored_key),
+        sockd_proto::hex::encode(&cred.server_key)
+    )
+}
+
 #[test]
 fn ping_with_the_demo_key() {
     let d = Daemon::start();
@@ -99,8 +122,9 @@ fn key_file_user_and_cli_overrides() {
     // Refuses to overwrite an existing key file.
     let out = d.run(&["user", "add", "carol", "--key-file", key.to_str().unwrap()]);
     assert_ne!(out.code(), 0);
-    // A key the daemon refused is removed; one whose fate is unknown (no
-    // answer) is kept, with what to do next.
+    // A key the daemon refused is removed; with no daemon to ask for its
+    // realm, none is written. (One whose fate is unknown, the daemon gone
+    // between the two requests, is kept, with what to do next.)
     let refused = d.path("bob2.key");
     let out = d.run(&[
         "user",
@@ -123,9 +147,10 @@ fn key_file_user_and_cli_overrides() {
         unanswered.to_str().unwrap(),
     ]);
     assert_ne!(out.code(), 0);
-    assert!(unanswered.exists());
+    assert!(!unanswered.exists());
     assert!(
-        out.stderr_text().contains("is kept"),
+        out.stderr_text()
+            .contains("cannot reach the control socket"),
         "{}",
         out.stderr_text()
     );
@@ -321,28 +346,47 @@ fn sighup_adds_a_user_without_dropping_a_live_session() {
     let d = Daemon::start();
     rt().block_on(async {
         let mut live = RawClient::connect_hello(d.addr).await;
-        assert!(matches!(live.login("demo", &demo_secret(d.dir.path())).await, Some(Message::AuthOk { .. })));
+        assert!(matches!(
+            live.login("demo", &demo_secret(d.dir.path())).await,
+            Some(Message::AuthOk { .. })
+        ));
 
         // An operator edits the users file by hand, then reloads.
         let key = [4u8; 32];
-        let cred = StoredCredential::new(&Secret::Key(key), vec![8; 16], 0);
-        let entry = format!(
-            "\n[users.erin]\nkind = \"key\"\nsalt = \"{}\"\niterations = 0\nstored_key = \"{}\"\nserver_key = \"{}\"\n",
-            sockd_proto::hex::encode(&cred.salt),
-            sockd_proto::hex::encode(&cred.stored_key),
-            sockd_proto::hex::encode(&cred.server_key)
-        );
+        let cred = sockd_proto::auth::key_credential(&key, &realm_of(&d));
+        let entry = users_entry("erin", &cred);
         let users = d.path("state/users.toml");
         let text = std::fs::read_to_string(&users).unwrap() + &entry;
         std::fs::write(&users, text).unwrap();
         let key_path = d.path("erin.key");
         write_key(&key_path, key);
         d.signal(nix::sys::signal::Signal::SIGHUP);
-        let erin = || d.run(&["--user", "erin", "--key-file", key_path.to_str().unwrap(), "ping"]).code() == 0;
-        assert!(wait_until(Duration::from_secs(20), erin), "erin can log in after SIGHUP");
+        let erin = || {
+            d.run(&[
+                "--user",
+                "erin",
+                "--key-file",
+                key_path.to_str().unwrap(),
+                "ping",
+            ])
+            .code()
+                == 0
+        };
+        assert!(
+            wait_until(Duration::from_secs(20), erin),
+            "erin can log in after SIGHUP"
+        );
 
-        live.send(Message::Ping { payload: bytes::Bytes::from_static(b"alive") }).await;
-        assert_eq!(live.recv().await, Some(Message::Pong { payload: bytes::Bytes::from_static(b"alive") }));
+        live.send(Message::Ping {
+            payload: bytes::Bytes::from_static(b"alive"),
+        })
+        .await;
+        assert_eq!(
+            live.recv().await,
+            Some(Message::Pong {
+                payload: bytes::Bytes::from_static(b"alive")
+            })
+        );
     });
     // `sockctl reload` does the same and answers when done.
     let out = d.run(&["reload"]);
@@ -482,6 +526,100 @@ fn dev_directory_is_reused_across_restarts() {
     let again = std::fs::read_to_string(d.path("client.toml")).unwrap();
     assert!(again.contains(&pin_line), "same certificate after restart");
     assert_eq!(d.run(&["ping"]).code(), 0);
+}
+
+/// A users file written before realms: key users salted per user, no
+/// `realm`. The dev demo user is re-derived from DIR/demo.key; another key
+/// user cannot log in (the same error as a wrong key), the log says what to
+/// do, and doing it works. Password users are unaffected.
+#[test]
+fn key_users_from_before_realms_are_reported_and_replaced() {
+    let mut d = Daemon::start();
+    let Secret::Key(demo_key) = demo_secret(d.dir.path()) else {
+        unreachable!("the demo user has a key")
+    };
+    let erin_key = [4u8; 32];
+    let key_path = d.path("erin.key");
+    write_key(&key_path, erin_key);
+    let old = [
+        (
+            "demo",
+            StoredCredential::new(&Secret::Key(demo_key), vec![1; 16], 0),
+        ),
+        (
+            "erin",
+            StoredCredential::new(&Secret::Key(erin_key), vec![2; 16], 0),
+        ),
+        (
+            "fred",
+            StoredCredential::new(&Secret::Password("pencil".into()), vec![3; 16], 10_000),
+        ),
+    ];
+    let text: String = old.iter().map(|(n, c)| users_entry(n, c)).collect();
+    std::fs::write(d.path("state/users.toml"), text).unwrap();
+    d.restart_after_kill();
+
+    assert_eq!(
+        d.run(&["ping"]).code(),
+        0,
+        "the dev demo user is re-derived"
+    );
+    let erin = || {
+        d.run(&[
+            "--user",
+            "erin",
+            "--key-file",
+            key_path.to_str().unwrap(),
+            "ping",
+        ])
+    };
+    let refused = erin();
+    assert_eq!(refused.code(), 5, "{}", refused.stderr_text());
+    let wrong = d.run(&[
+        "--user",
+        "nobody",
+        "--key-file",
+        key_path.to_str().unwrap(),
+        "ping",
+    ]);
+    assert_eq!(
+        refused.stderr_text(),
+        wrong.stderr_text(),
+        "indistinguishable"
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("users.erin: this key credential was not derived with the file's realm")
+            && log.contains("sockctl user add erin --replace --key-file NEW.key"),
+        "{log}"
+    );
+    let fred = d
+        .sockctl()
+        .args(["--user", "fred", "--password", "ping"])
+        .env("SOCKCTL_PASSWORD", "pencil")
+        .output()
+        .unwrap();
+    assert_eq!(fred.code(), 0, "{}", fred.stderr_text());
+
+    let new_key = d.path("erin-new.key");
+    let added = d.run(&[
+        "--key-file",
+        new_key.to_str().unwrap(),
+        "user",
+        "add",
+        "erin",
+        "--replace",
+    ]);
+    assert_eq!(added.code(), 0, "{}", added.stderr_text());
+    let ok = d.run(&[
+        "--user",
+        "erin",
+        "--key-file",
+        new_key.to_str().unwrap(),
+        "ping",
+    ]);
+    assert_eq!(ok.code(), 0, "{}", ok.stderr_text());
+    assert!(!realm_of(&d).is_empty());
 }
 
 /// etc/sockd.toml, with only paths and the port changed, is accepted by

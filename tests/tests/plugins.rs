@@ -1,8 +1,8 @@
 //! The plugin ABI through the real daemon and sockctl: the C example
 //! plugin, panic isolation and quarantine, blocking calls, hot reload under
 //! load, backpressure against a client that does not read, what an
-//! operator sees when a plugin is refused, inline commands (ABI 1.1) and a
-//! plugin built for ABI 1.0.
+//! operator sees when a plugin is refused, inline commands (ABI 1.1),
+//! pending inline calls (ABI 1.2) and a plugin built for ABI 1.0.
 
 use sockd_e2e::raw::{RawClient, demo_secret};
 use sockd_e2e::{Daemon, Options, OutputExt, TEST_CONFIG, bin, target_dir, wait_until};
@@ -116,7 +116,7 @@ fn c_plugin_answers_upper_cased() {
     );
     let upper = plugin_state(&d, "upper");
     assert_eq!(upper["state"], "loaded");
-    assert_eq!(upper["abi"], "1.1");
+    assert_eq!(upper["abi"], "1.2");
     assert!(upper["calls"].as_u64().unwrap() >= 2);
 }
 
@@ -373,7 +373,7 @@ fn inline_commands_are_served_and_cannot_block() {
             && text.contains("\npeer 127.0.0.1:"),
         "{text:?}"
     );
-    assert_eq!(plugin_state(&d, "testkit")["abi"], "1.1");
+    assert_eq!(plugin_state(&d, "testkit")["abi"], "1.2");
 
     // A slow call on a call thread keeps running meanwhile.
     let mut slow = SlowCall::start(&d);
@@ -402,6 +402,50 @@ fn inline_commands_are_served_and_cannot_block() {
     }
     assert_eq!(d.run(&["call", "upper", "x"]).stdout_text(), "X\n");
     assert!(slow.is_running(), "the slow call still runs");
+}
+
+#[test]
+fn pending_inline_calls_serve_input_and_end_from_another_thread() {
+    let (d, _plugins) = start();
+    // Served by on_input on the connection's task, frame by frame.
+    let out = d.run_with_input(&["call", "--stdin", "inline-echo"], b"one\ntwo\n");
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    assert_eq!(out.stdout_text(), "one\ntwo\n");
+    // The same command sent to a call thread by its inline handler.
+    let out = d.run_with_input(&["call", "--stdin", "inline-echo", "--on-thread"], b"x\n");
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    assert_eq!(out.stdout_text(), "--on-thread\nx\n");
+    // Ended by a thread of the plugin's own.
+    let out = d.run(&["call", "inline-later", "20"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    assert_eq!(out.stdout_text(), "later\n");
+    // A client that goes away while its call is pending: the call ends,
+    // the daemon keeps serving, nothing is counted as a panic.
+    let mut gone = d
+        .sockctl()
+        .args(["call", "inline-later", "60000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start sockctl call inline-later");
+    let pending = || d.run(&["sessions"]).stdout_text().contains("inline-later");
+    assert!(
+        wait_until(Duration::from_secs(10), pending),
+        "the pending call shows among the operations"
+    );
+    let _ = gone.kill();
+    let _ = gone.wait();
+    let out = d.run(&["call", "inline-later"]);
+    assert_eq!(out.stdout_text(), "later\n");
+    // A panic in on_input ends that call with `internal`.
+    let out = d.run_with_input(&["call", "--stdin", "inline-input-panic"], b"boom\n");
+    assert_eq!(out.code(), 1, "internal error: {}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("panicked"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(plugin_state(&d, "testkit")["panics"], 1);
+    assert_eq!(d.run(&["ping"]).code(), 0);
 }
 
 #[test]

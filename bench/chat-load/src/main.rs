@@ -94,9 +94,8 @@ impl Sockd {
 /// Runs a one-shot `chat ARGS` and waits for its end.
 async fn chat_call(client: &Client, args: &[&str]) -> Result<(), Error> {
     let mut ch = client
-        .open("chat", args.iter().map(|a| a.as_bytes().to_vec()))
+        .open_without_input("chat", args.iter().map(|a| a.as_bytes().to_vec()))
         .await?;
-    ch.send_eof(stream::MAIN).await?;
     while let Some(event) = ch.recv().await {
         if let Event::Closed { code, message, .. } = event {
             if code != sockd_proto::ErrorCode::Ok {

@@ -117,10 +117,11 @@ pub async fn send(client: &Client, to: &str, text: &str) -> Result<(), String> {
         to.as_bytes().to_vec(),
         text.as_bytes().to_vec(),
     ];
-    let mut channel = client.open("chat", args).await.map_err(fail)?;
-    // No stdin: the text is an argument. The server may have answered
-    // already, in which case the EOF has nowhere to go.
-    let _ = channel.send_eof(stream::MAIN).await;
+    // No stdin: the text is an argument.
+    let mut channel = client
+        .open_without_input("chat", args)
+        .await
+        .map_err(fail)?;
     let mut out = Vec::new();
     loop {
         match channel.recv().await {

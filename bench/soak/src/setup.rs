@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use sockctl::client::control;
 use sockctl::client::{Client, Config, Overrides, Settings, random_bytes, split_host_port};
 use sockctl::cmd::chat::session::Session;
-use sockd_proto::auth::{KEY_LEN, SALT_LEN, Secret, StoredCredential};
-use sockd_proto::control::{CredentialRecord, Request};
+use sockd_proto::auth::{KEY_LEN, Secret};
+use sockd_proto::control::Request;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -74,12 +74,11 @@ impl Endpoint {
 /// Creates (or replaces) `user` with a new random key; returns the key.
 pub async fn add_user(socket: &Path, user: &str) -> Result<[u8; KEY_LEN], String> {
     let mut key = [0u8; KEY_LEN];
-    let mut salt = vec![0u8; SALT_LEN];
     random_bytes(&mut key).map_err(fail)?;
-    random_bytes(&mut salt).map_err(fail)?;
-    // Keys need no key stretching: iterations 0.
-    let stored = StoredCredential::new(&Secret::Key(key), salt, 0);
-    let credential = CredentialRecord::from(&stored);
+    // Keys are salted with the daemon's realm, which it hands out.
+    let credential = sockctl::cmd::user::key_credential(socket, &key)
+        .await
+        .map_err(fail)?;
     let request = Request::UserAdd {
         name: user.to_string(),
         credential,

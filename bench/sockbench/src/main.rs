@@ -66,6 +66,10 @@ enum What {
         /// (steadier than rates when the machine is shared).
         #[arg(long)]
         pid: Option<u32>,
+        /// Run only this operation (ping, inline, blocking or refused), for
+        /// profiling the daemon's side of one of them with `perf`.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -99,6 +103,7 @@ async fn run(args: Args) -> Result<(), String> {
             blocking_command,
             refused_command,
             pid,
+            only,
         } => {
             calls(
                 &settings,
@@ -106,6 +111,7 @@ async fn run(args: Args) -> Result<(), String> {
                 connections,
                 [&command, &blocking_command, &refused_command],
                 pid,
+                only.as_deref(),
             )
             .await
         }
@@ -292,10 +298,9 @@ async fn call_once(
     expected: sockd_proto::ErrorCode,
 ) -> Result<(), String> {
     let mut ch = client
-        .open(command, Vec::<bytes::Bytes>::new())
+        .open_without_input(command, Vec::<bytes::Bytes>::new())
         .await
         .map_err(|e| e.message().to_string())?;
-    ch.send_eof(0).await.map_err(|e| e.message().to_string())?;
     while let Some(event) = ch.recv().await {
         if let Event::Closed { code, message, .. } = event {
             if code != expected {
@@ -371,6 +376,7 @@ async fn calls(
     connections: usize,
     [command, blocking_command, refused_command]: [&str; 3],
     pid: Option<u32>,
+    only: Option<&str>,
 ) -> Result<(), String> {
     let mut clients = Vec::new();
     for _ in 0..connections {
@@ -412,6 +418,24 @@ async fn calls(
     }
     if !refused_command.is_empty() {
         kinds.push(("refused", refused_command, E::UnknownCommand));
+    }
+    if let Some(only) = only {
+        let op = match kinds.iter().find(|(kind, ..)| *kind == only) {
+            Some((_, command, expected)) => call_op(command, *expected),
+            None if only == "ping" => ping,
+            None => {
+                return Err(format!(
+                    "--only {only}: not one of ping, inline, blocking, refused (or its command is \"\")"
+                ));
+            }
+        };
+        let rates = interleaved(seconds, connections, &[op], pid).await?;
+        let (rate, cpu) = rates[0];
+        let cpu = cpu
+            .map(|c| format!("; daemon CPU {c:.1} us/operation"))
+            .unwrap_or_default();
+        println!("{connections} connection(s): {only} {rate:>8.0}/s{cpu}");
+        return Ok(());
     }
     let mut ops = vec![ping];
     ops.extend(kinds.iter().map(|(_, c, e)| call_op(c, *e)));

@@ -1,6 +1,7 @@
 //! Credentials and login: loading the key file or password, and the
 //! client side of the channel-bound SCRAM exchange (AUTH_START,
-//! AUTH_CHALLENGE, AUTH_PROOF, AUTH_OK / AUTH_FAIL).
+//! AUTH_CHALLENGE, AUTH_PROOF, AUTH_OK / AUTH_FAIL; a key login answers
+//! the challenge that came with the server's TLS flight).
 
 use super::config::PASSWORD_ENV;
 use super::connection::{describe, next_message};
@@ -10,7 +11,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use sockd_proto::auth::{self, AuthTranscript, ClientProof, KEY_LEN, Secret};
 use sockd_proto::code::exit;
 use sockd_proto::frame::FrameError;
-use sockd_proto::message::NONCE_LEN;
+use sockd_proto::message::{CredentialKind, NONCE_LEN};
 use sockd_proto::{ErrorCode, Frame, Message};
 use std::io::{BufRead, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -136,6 +137,11 @@ pub(crate) fn auth_start(
 
 /// Runs the rest of the login exchange once AUTH_START is sent and the
 /// server's HELLO is read. Returns the session id.
+///
+/// The first AUTH_CHALLENGE is the server's advance key challenge, which
+/// came with its TLS handshake: a key client answers it at once (one
+/// flight), a password client skips it and answers the next one. `sent`
+/// runs when the proof has been written (the caller lets held writes go).
 pub(crate) async fn authenticate<S>(
     io: &mut S,
     user: &str,
@@ -143,18 +149,27 @@ pub(crate) async fn authenticate<S>(
     client_nonce: [u8; NONCE_LEN],
     channel_binding: &[u8; auth::CHANNEL_BINDING_LEN],
     timeout: Duration,
+    sent: impl FnOnce(&mut S),
 ) -> Result<u64, ClientError>
 where
     S: Stream<Item = Result<Frame, FrameError>> + Sink<Frame, Error = FrameError> + Unpin,
 {
     let kind = secret.kind();
-    let (server_nonce, salt, iterations) =
+    let mut skipped_advance = false;
+    let (server_nonce, salt, iterations) = loop {
         match next_message(io, timeout, "the login challenge").await? {
+            // A password challenge never has 0 iterations: this is the
+            // key challenge every server flight carries. Only one is skipped.
+            Message::AuthChallenge { iterations: 0, .. }
+                if kind == CredentialKind::Password && !skipped_advance =>
+            {
+                skipped_advance = true;
+            }
             Message::AuthChallenge {
                 server_nonce,
                 salt,
                 iterations,
-            } => (server_nonce, salt, iterations),
+            } => break (server_nonce, salt, iterations),
             Message::AuthFail {
                 code,
                 retry_after_ms,
@@ -166,7 +181,8 @@ where
                     describe(&other)
                 )));
             }
-        };
+        }
+    };
     auth::check_challenge(kind, &salt, iterations).map_err(|e| {
         ClientError::protocol(format!(
             "refusing the server's login challenge: {e}; the server is misconfigured or not genuine"
@@ -200,6 +216,7 @@ where
         },
     )
     .await?;
+    sent(io);
 
     match next_message(io, timeout, "the login result").await? {
         Message::AuthOk {

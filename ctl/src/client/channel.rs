@@ -10,8 +10,9 @@ use super::connection::Conn;
 use super::error::ClientError;
 use bytes::Bytes;
 use sockd_proto::{ErrorCode, Message};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// What happens on a channel, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,9 +35,12 @@ pub enum Event {
 /// Per-channel state shared by the connection's reader task and the handle.
 pub(crate) struct ChannelShared {
     id: u32,
-    events: mpsc::UnboundedSender<Event>,
     state: Mutex<ChannelState>,
     credit_changed: Notify,
+    /// An event was queued for the handle (its only reader). A plain queue
+    /// and a `Notify` rather than a channel: a call is often a handful of
+    /// events, and a new channel's allocations would cost more than them.
+    event_queued: Notify,
 }
 
 struct ChannelState {
@@ -50,6 +54,8 @@ struct ChannelState {
     cancelled: bool,
     /// The handle is gone: discard incoming data.
     abandoned: bool,
+    /// Events not yet taken by the handle, oldest first.
+    events: VecDeque<Event>,
 }
 
 fn lock(m: &Mutex<ChannelState>) -> MutexGuard<'_, ChannelState> {
@@ -57,28 +63,40 @@ fn lock(m: &Mutex<ChannelState>) -> MutexGuard<'_, ChannelState> {
 }
 
 impl ChannelShared {
-    pub(crate) fn new(
-        id: u32,
-        send_window: u32,
-        recv_window: u32,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Event>) {
-        let (events, rx) = mpsc::unbounded_channel();
+    pub(crate) fn new(id: u32, send_window: u32, recv_window: u32) -> Arc<Self> {
         let state = ChannelState {
             send_credit: send_window.into(),
             recv_credit: recv_window.into(),
             closed: false,
             cancelled: false,
             abandoned: false,
+            events: VecDeque::new(),
         };
-        (
-            Arc::new(Self {
-                id,
-                events,
-                state: Mutex::new(state),
-                credit_changed: Notify::new(),
-            }),
-            rx,
-        )
+        Arc::new(Self {
+            id,
+            state: Mutex::new(state),
+            credit_changed: Notify::new(),
+            event_queued: Notify::new(),
+        })
+    }
+
+    /// Queues `event` for the handle and wakes it.
+    fn queue(&self, mut st: MutexGuard<'_, ChannelState>, event: Event) {
+        st.events.push_back(event);
+        drop(st);
+        self.event_queued.notify_one();
+    }
+
+    /// The oldest queued event, waiting for one if there is none.
+    async fn next_event(&self) -> Event {
+        loop {
+            if let Some(event) = lock(&self.state).events.pop_front() {
+                return event;
+            }
+            // A permit left by `queue` since the check makes this return
+            // at once: no event is missed.
+            self.event_queued.notified().await;
+        }
     }
 
     /// DATA from the server. `Err` is a flow-control violation.
@@ -93,13 +111,13 @@ impl ChannelShared {
         }
         st.recv_credit -= len;
         if !st.abandoned {
-            let _ = self.events.send(Event::Data { stream, bytes });
+            self.queue(st, Event::Data { stream, bytes });
         }
         Ok(())
     }
 
     pub(crate) fn on_eof(&self, stream: u8) {
-        let _ = self.events.send(Event::Eof { stream });
+        self.queue(lock(&self.state), Event::Eof { stream });
     }
 
     pub(crate) fn on_credit(&self, bytes: u32) {
@@ -116,12 +134,14 @@ impl ChannelShared {
             return;
         }
         st.closed = true;
-        drop(st);
-        let _ = self.events.send(Event::Closed {
-            code,
-            value,
-            message,
-        });
+        self.queue(
+            st,
+            Event::Closed {
+                code,
+                value,
+                message,
+            },
+        );
         self.credit_changed.notify_waiters();
     }
 
@@ -198,7 +218,6 @@ impl ChannelShared {
 /// An open channel. Dropping it before the operation ended cancels it.
 pub struct ChannelHandle {
     sender: ChannelSender,
-    events: mpsc::UnboundedReceiver<Event>,
     /// Bytes taken out of `recv` since credit was last returned.
     consumed: u32,
     finished: bool,
@@ -213,14 +232,9 @@ pub struct ChannelSender {
 }
 
 impl ChannelHandle {
-    pub(crate) fn new(
-        shared: Arc<ChannelShared>,
-        events: mpsc::UnboundedReceiver<Event>,
-        conn: Arc<Conn>,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<ChannelShared>, conn: Arc<Conn>) -> Self {
         Self {
             sender: ChannelSender { shared, conn },
-            events,
             consumed: 0,
             finished: false,
         }
@@ -238,9 +252,9 @@ impl ChannelHandle {
         if self.finished {
             return None;
         }
-        let event = self.events.recv().await;
+        let event = self.sender.shared.next_event().await;
         match &event {
-            Some(Event::Data { bytes, .. }) => {
+            Event::Data { bytes, .. } => {
                 self.consumed = self.consumed.saturating_add(bytes.len() as u32);
                 let threshold = (self.sender.conn.recv_window / 2).max(1);
                 if self.consumed >= threshold {
@@ -248,10 +262,10 @@ impl ChannelHandle {
                     self.consumed = 0;
                 }
             }
-            Some(Event::Closed { .. }) | None => self.finished = true,
-            Some(Event::Eof { .. }) => {}
+            Event::Closed { .. } => self.finished = true,
+            Event::Eof { .. } => {}
         }
-        event
+        Some(event)
     }
 
     /// Sends `data` on `stream`; see [`ChannelSender::send`].

@@ -98,6 +98,8 @@ pub(crate) struct Conn {
 pub(crate) enum Out {
     /// Encoded by the writer (DATA straight into the TLS buffer).
     Message(Message),
+    /// Messages that must leave in the same write (an OPEN and its EOF).
+    Batch(Vec<Message>),
     Shutdown,
 }
 
@@ -190,7 +192,9 @@ impl Client {
         // (never before: it holds application data until the server's
         // certificate is verified and the traffic keys exist). AUTH_START
         // is far below the minimum frame size every server accepts, so it
-        // needs nothing from the server's HELLO.
+        // needs nothing from the server's HELLO. A key client's AUTH_PROOF
+        // follows in the same segment (docs/PROTOCOL.md, "One-flight key
+        // login").
         let hello = Hello {
             version: PROTOCOL_VERSION,
             max_frame: DEFAULT_MAX_FRAME,
@@ -212,9 +216,15 @@ impl Client {
             let _ = conn.writer().write_all(&first_flight);
         };
 
-        let tls = match tokio::time::timeout(
+        // A key login answers the challenge that comes with the server's
+        // handshake flight: its Finished is held until the proof joins it.
+        let one_flight = matches!(settings.secret, sockd_proto::auth::Secret::Key(_));
+        let mut tls = match tokio::time::timeout(
             limit,
-            TlsConnector::from(tls_config).connect_with(server_name, tcp, queue_first_flight),
+            tls::handshake(
+                TlsConnector::from(tls_config).connect_with(server_name, tcp, queue_first_flight),
+                one_flight,
+            ),
         )
         .await
         {
@@ -234,6 +244,10 @@ impl Client {
             }
             Ok(Ok(tls)) => tls,
         };
+        if one_flight && !tls::server_flight_arrived(&mut tls) {
+            // A server from before one-flight logins waits for our HELLO.
+            tls::release_held_writes(&tls);
+        }
         let (_, session) = tls.get_ref();
         if session.alpn_protocol() != Some(sockd_proto::message::ALPN) {
             return Err(ClientError::protocol(format!(
@@ -291,6 +305,7 @@ impl Client {
             client_nonce,
             &channel_binding,
             limit,
+            |io: &mut Transport| tls::release_held_writes(io.get_ref()),
         )
         .await?;
 
@@ -384,6 +399,36 @@ impl Client {
         I: IntoIterator<Item = A>,
         A: Into<Bytes>,
     {
+        self.open_channel(command, args, true)
+    }
+
+    /// Like [`Client::open`] for a command that gets no input: its `EOF`
+    /// on stream 0 leaves in the same write as the `OPEN`, so the server
+    /// reads both at once, and a command that answers at once cannot end
+    /// before its input has (which [`ChannelHandle::send_eof`] after
+    /// `open` would then report as an error).
+    pub async fn open_without_input<I, A>(
+        &self,
+        command: &str,
+        args: I,
+    ) -> Result<ChannelHandle, ClientError>
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<Bytes>,
+    {
+        self.open_channel(command, args, false)
+    }
+
+    fn open_channel<I, A>(
+        &self,
+        command: &str,
+        args: I,
+        with_input: bool,
+    ) -> Result<ChannelHandle, ClientError>
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<Bytes>,
+    {
         let args: Vec<Bytes> = args.into_iter().map(Into::into).collect();
         if command.is_empty() || command.len() > usize::from(u16::MAX) {
             return Err(ClientError::usage(format!(
@@ -420,20 +465,31 @@ impl Client {
                 break id;
             }
         };
-        let (shared, events) = ChannelShared::new(id, self.conn.send_window, self.conn.recv_window);
+        let shared = ChannelShared::new(id, self.conn.send_window, self.conn.recv_window);
         st.channels.insert(id, shared.clone());
         let open = Message::Open {
             channel: id,
             command: command.to_string(),
             args,
         };
-        if self.conn.out.send(Out::Message(open)).is_err() {
+        let out = if with_input {
+            Out::Message(open)
+        } else {
+            Out::Batch(vec![
+                open,
+                Message::Eof {
+                    channel: id,
+                    stream: sockd_proto::message::stream::MAIN,
+                },
+            ])
+        };
+        if self.conn.out.send(out).is_err() {
             st.channels.remove(&id);
             drop(st);
             return Err(self.conn.ended_or("the connection to sockd is closed"));
         }
         drop(st);
-        Ok(ChannelHandle::new(shared, events, self.conn.clone()))
+        Ok(ChannelHandle::new(shared, self.conn.clone()))
     }
 
     /// Sends what is queued, closes TLS and waits (briefly) for that to finish.
@@ -583,6 +639,13 @@ async fn write_loop(
                             .map_err(std::io::Error::other)?;
                         if pending.len() >= BATCH_LIMIT {
                             io.write_all_buf(&mut pending).await?;
+                        }
+                    }
+                    Out::Batch(messages) => {
+                        for message in messages {
+                            codec
+                                .encode(message, &mut pending)
+                                .map_err(std::io::Error::other)?;
                         }
                     }
                     Out::Shutdown => {

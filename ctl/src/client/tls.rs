@@ -4,6 +4,10 @@
 //!
 //! No option disables verification: a connection needs either a pin (the
 //! SHA-256 of the server certificate's DER) or a CA file.
+//!
+//! A key login sends its Finished, HELLO, AUTH_START and AUTH_PROOF in one
+//! TCP segment: [`handshake`] has the kernel hold (TCP_CORK) what the
+//! client writes after its ClientHello until [`release_held_writes`].
 
 use super::config::{Pin, Trust};
 use super::error::ClientError;
@@ -19,9 +23,14 @@ use rustls::{
 use sockd_proto::code::exit;
 use sockd_proto::message::ALPN;
 use std::fmt;
+use std::future::Future;
 use std::io::ErrorKind;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio_rustls::Connect;
+use tokio_rustls::client::TlsStream;
 
 /// SHA-256 of a certificate's DER encoding, as pinned.
 pub fn fingerprint(der: &[u8]) -> [u8; 32] {
@@ -181,6 +190,77 @@ impl ServerCertVerifier for PinVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// Runs the TLS handshake. With `hold`, once the ClientHello has left (the
+/// handshake first waits for the server), the socket is corked: the
+/// client's Finished and what follows stay in the kernel until
+/// [`release_held_writes`], so that the server reads them in one segment.
+pub(crate) async fn handshake(
+    mut connect: Connect<TcpStream>,
+    hold: bool,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut corked = !hold;
+    std::future::poll_fn(|cx| {
+        let polled = std::pin::Pin::new(&mut connect).poll(cx);
+        if polled.is_pending() && !corked {
+            corked = true;
+            if let Some(tcp) = connect.get_ref() {
+                // Without the cork the login works the same, in two segments.
+                let _ = set_cork(tcp, true);
+            }
+        }
+        polled
+    })
+    .await
+}
+
+/// Whether the server's first application data (its HELLO and the advance
+/// key challenge, sent with its handshake flight) is already here. A
+/// server from before one-flight logins sends nothing until it has the
+/// client's HELLO: holding that back would only delay the login.
+pub(crate) fn server_flight_arrived(tls: &mut TlsStream<TcpStream>) -> bool {
+    // Decrypts what was read with the handshake; an error here is
+    // reported again by the next read.
+    tls.get_mut()
+        .1
+        .process_new_packets()
+        .is_ok_and(|state| state.plaintext_bytes_to_read() > 0)
+}
+
+/// Sends what [`handshake`] held, now.
+pub(crate) fn release_held_writes(tls: &TlsStream<TcpStream>) {
+    let _ = set_cork(tls.get_ref().0, false);
+}
+
+/// TCP_CORK: while set, the kernel sends only full segments (or what has
+/// waited 200 ms); clearing it sends what is pending at once.
+#[cfg(target_os = "linux")]
+fn set_cork(socket: &impl AsFd, on: bool) -> std::io::Result<()> {
+    use nix::libc;
+    let value = libc::c_int::from(on);
+    // SAFETY: the descriptor is borrowed from an open socket for the whole
+    // call; `value` is a c_int that outlives the call and its size is
+    // passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&raw const value).cast(),
+            std::mem::size_of_val(&value) as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_cork(_socket: &impl AsFd, _on: bool) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Turns a failed TLS handshake into an error with the right exit status.

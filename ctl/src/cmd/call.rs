@@ -28,19 +28,18 @@ pub struct CallArgs {
 
 pub async fn run(ctx: &Context, args: CallArgs) -> Result<u8, ClientError> {
     let client = ctx.connect().await?;
-    let mut channel = client
-        .open(
-            &args.command,
-            args.args.into_iter().map(OsStringExt::into_vec),
-        )
-        .await?;
-
-    let mut input = if args.stdin {
-        Some(tokio::spawn(super::forward_stdin(channel.sender())))
+    let command_args = args.args.into_iter().map(OsStringExt::into_vec);
+    let mut channel = if args.stdin {
+        client.open(&args.command, command_args).await?
     } else {
-        channel.send_eof(stream::MAIN).await?;
-        None
+        client
+            .open_without_input(&args.command, command_args)
+            .await?
     };
+
+    let mut input = args
+        .stdin
+        .then(|| tokio::spawn(super::forward_stdin(channel.sender())));
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     let ctrl_c = tokio::signal::ctrl_c();

@@ -152,15 +152,13 @@ fn room_arg(room: &str) -> String {
 /// Runs `chat ARGS...` to the end; returns the JSON lines of stream 0.
 /// With `stdin`, standard input is the call's stream 0.
 async fn call(client: &Client, args: &[&str], stdin: bool) -> Result<Called, ClientError> {
-    let mut channel = client
-        .open("chat", args.iter().map(|a| a.as_bytes().to_vec()))
-        .await?;
-    let input = if stdin {
-        Some(tokio::spawn(super::forward_stdin(channel.sender())))
+    let args = args.iter().map(|a| a.as_bytes().to_vec());
+    let mut channel = if stdin {
+        client.open("chat", args).await?
     } else {
-        channel.send_eof(stream::MAIN).await?;
-        None
+        client.open_without_input("chat", args).await?
     };
+    let input = stdin.then(|| tokio::spawn(super::forward_stdin(channel.sender())));
     let mut partial = Vec::new();
     let mut lines = Vec::new();
     let result = loop {

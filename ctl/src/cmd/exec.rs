@@ -158,10 +158,13 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> Result<u8, ClientError> {
         PtyRequest { term, cols, rows }
     });
     let client = ctx.connect().await.map_err(own)?;
-    let mut channel = client
-        .open("exec", open_args(&args, pty.as_ref()))
-        .await
-        .map_err(own)?;
+    let open = open_args(&args, pty.as_ref());
+    let mut channel = if args.no_stdin {
+        client.open_without_input("exec", open).await
+    } else {
+        client.open("exec", open).await
+    }
+    .map_err(own)?;
 
     // Raw mode only when our keystrokes go to the remote terminal.
     // SAFETY: descriptor 0 stays open for the life of the process.
@@ -179,12 +182,7 @@ pub async fn run(ctx: &Context, args: ExecArgs) -> Result<u8, ClientError> {
         None
     };
 
-    let mut input = if args.no_stdin {
-        channel.send_eof(stream::MAIN).await.map_err(own)?;
-        None
-    } else {
-        Some(tokio::spawn(super::forward_stdin(channel.sender())))
-    };
+    let mut input = (!args.no_stdin).then(|| tokio::spawn(super::forward_stdin(channel.sender())));
 
     let (out_tx, out_rx) = mpsc::channel::<(u8, Bytes)>(OUTPUT_QUEUE);
     let writer = std::thread::Builder::new()

@@ -1,7 +1,8 @@
 //! Users over the control socket: `user add`, `user del`, `user list`.
 //!
 //! `user add` derives the stored credential here (salt, PBKDF2, StoredKey,
-//! ServerKey), so the daemon never sees a password or key.
+//! ServerKey), so the daemon never sees a password or key. A key is salted
+//! with the daemon's realm, which `user add` asks the daemon for first.
 
 use super::Context;
 use super::admin::{JsonArg, done, show};
@@ -9,10 +10,11 @@ use crate::client::{ClientError, random_bytes};
 use crate::output::Table;
 use clap::{Args, Subcommand};
 use sockd_proto::auth::{
-    self, DEFAULT_ITERATIONS, KEY_LEN, MAX_ITERATIONS, MIN_ITERATIONS, SALT_LEN, Secret,
+    self, DEFAULT_ITERATIONS, KEY_LEN, MAX_ITERATIONS, MIN_ITERATIONS, REALM_LEN, SALT_LEN, Secret,
     StoredCredential,
 };
-use sockd_proto::control::{CredentialRecord, Request, UserInfo};
+use sockd_proto::control::{CredentialRecord, RealmInfo, Request, UserInfo};
+use sockd_proto::hex;
 use std::io::{BufRead, ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -113,13 +115,25 @@ async fn add(ctx: &Context, args: AddArgs) -> Result<u8, ClientError> {
             }
             let mut key = [0u8; KEY_LEN];
             random_bytes(&mut key)?;
-            create_key_file(&path, &key)?;
             (Secret::Key(key), Some(path))
         }
     };
 
-    let mut salt = vec![0u8; SALT_LEN];
-    random_bytes(&mut salt)?;
+    // A key is salted with the daemon's realm (asked before the key file
+    // is written, so that an unreachable daemon leaves none behind); a
+    // password with a salt of its own.
+    let salt = match (&secret, &created) {
+        (Secret::Key(key), Some(path)) => {
+            let realm = realm(socket).await?;
+            create_key_file(path, key)?;
+            realm
+        }
+        _ => {
+            let mut salt = vec![0u8; SALT_LEN];
+            random_bytes(&mut salt)?;
+            salt
+        }
+    };
     let iterations = args.iterations.unwrap_or(DEFAULT_ITERATIONS);
     let stored =
         tokio::task::spawn_blocking(move || StoredCredential::new(&secret, salt, iterations))
@@ -175,6 +189,30 @@ async fn add(ctx: &Context, args: AddArgs) -> Result<u8, ClientError> {
         ),
     };
     done(args.out, &reply, summary)
+}
+
+/// The realm of the daemon behind `socket`: the salt of its key credentials.
+pub async fn realm(socket: &Path) -> Result<Vec<u8>, ClientError> {
+    let reply = crate::client::control::request(socket, &Request::Realm {}).await?;
+    serde_json::from_value::<RealmInfo>(reply.result)
+        .ok()
+        .and_then(|info| hex::decode(&info.realm))
+        .filter(|realm| realm.len() == REALM_LEN)
+        .ok_or_else(|| {
+            ClientError::protocol(format!(
+                "the daemon answered `realm` without a {REALM_LEN}-byte hex realm"
+            ))
+        })
+}
+
+/// The stored credential for `key` at the daemon behind `socket`, for
+/// [`Request::UserAdd`]: salted with the daemon's realm.
+pub async fn key_credential(
+    socket: &Path,
+    key: &[u8; KEY_LEN],
+) -> Result<CredentialRecord, ClientError> {
+    let realm = realm(socket).await?;
+    Ok(CredentialRecord::from(&auth::key_credential(key, &realm)))
 }
 
 /// Reads one line from stdin as the new password.

@@ -12,7 +12,7 @@
 //! [`guard`], which turns a panic into an error result. Pointers from the
 //! plugin are checked for null and borrowed for the duration of the call.
 
-use crate::channel::{Channel, ChannelError, ChannelTable, ReadOutcome};
+use crate::channel::{Channel, ChannelError, ChannelTable, EndRequest, ReadOutcome};
 use crate::session::Sessions;
 use sockd_plugin::sys::{self, SockdHost};
 use std::cell::RefCell;
@@ -51,6 +51,8 @@ impl HostTable {
                 subscribe: host_subscribe,
                 push_user: host_push_user,
                 user_online: host_user_online,
+                finish: host_finish,
+                wake: host_wake,
             },
             plugin: plugin.to_string(),
         }))
@@ -292,6 +294,35 @@ pub(crate) fn push(plugin: &str, user: &[u8], stream: u8, data: &[u8]) -> (u64, 
         }
     }
     (delivered, full)
+}
+
+/// Ends a pending call (ABI 1.2) exactly once, from any thread.
+unsafe extern "C" fn host_finish(handle: u64, status: i32) -> i32 {
+    guard(-sys::SOCKD_E_INTERNAL, || {
+        if matches!(status, sys::SOCKD_PENDING | sys::SOCKD_RUN_ON_THREAD) {
+            return -sys::SOCKD_E_BAD_REQUEST;
+        }
+        let ch = match channel(handle) {
+            Ok(ch) => ch,
+            Err(code) => return code,
+        };
+        match ch.request_end(status) {
+            EndRequest::Hook(hook) if hook.end(&ch, status) => sys::SOCKD_OK,
+            EndRequest::Deferred => sys::SOCKD_OK,
+            EndRequest::Hook(_) | EndRequest::Closed => -sys::SOCKD_E_CLOSED,
+            EndRequest::NotPending => -sys::SOCKD_E_BAD_REQUEST,
+        }
+    })
+}
+
+/// Runs a pending call's `on_input` on the calling thread (ABI 1.2).
+unsafe extern "C" fn host_wake(handle: u64) -> i32 {
+    guard(-sys::SOCKD_E_INTERNAL, || match channel(handle) {
+        Ok(ch) if ch.wake() => sys::SOCKD_OK,
+        Ok(ch) if ch.is_finished() => -sys::SOCKD_E_CLOSED,
+        Ok(_) => -sys::SOCKD_E_BAD_REQUEST,
+        Err(code) => code,
+    })
 }
 
 unsafe extern "C" fn host_user_online(user: *const u8, user_len: usize) -> i32 {

@@ -125,6 +125,22 @@ impl Build {
         self.inline_commands.iter().any(|c| c == command)
     }
 
+    /// True if the plugin can serve pending calls (ABI 1.2 `on_input`).
+    pub fn serves_pending(&self) -> bool {
+        self.desc.on_input.is_some()
+    }
+
+    /// Runs `on_input` for a pending call; `SOCKD_E_INTERNAL` if the
+    /// plugin has none (it should not have left a call pending).
+    pub fn on_input(&self, channel: u64) -> i32 {
+        match self.desc.on_input {
+            // SAFETY: from a validated 1.2 descriptor; state is what init
+            // returned; the channel is a plain handle.
+            Some(f) => unsafe { f(self.state, channel) },
+            None => sys::SOCKD_E_INTERNAL,
+        }
+    }
+
     /// Runs `handle` for one call. Blocks for as long as the plugin does.
     pub fn handle(&self, call: &sys::SockdCall) -> i32 {
         // SAFETY: `handle` was checked non-null at load, `state` is what
@@ -392,12 +408,9 @@ fn validate(
         ));
     }
     // Fields of later minors are read only when the plugin claims that
-    // minor and its size covers them: a 1.0 descriptor ends before them.
-    let known = if minor >= 1 && size as usize >= size_of::<SockdPlugin>() {
-        size_of::<SockdPlugin>()
-    } else {
-        sys::SOCKD_PLUGIN_SIZE_1_0
-    };
+    // minor (whose size was checked above): a 1.0 descriptor ends before
+    // inline_commands, a 1.1 one before on_input.
+    let known = descriptor_size(minor);
     // The descriptor is copied, never borrowed as a whole `&SockdPlugin`:
     // a 1.0 descriptor is shorter than the host's struct. Fields it does not
     // have stay zero (NULL, None).
@@ -512,6 +525,7 @@ fn too_old(minor: u16) -> bool {
 fn descriptor_size(minor: u16) -> usize {
     match minor {
         0 => sys::SOCKD_PLUGIN_SIZE_1_0,
+        1 => sys::SOCKD_PLUGIN_SIZE_1_1,
         _ => size_of::<SockdPlugin>(),
     }
 }

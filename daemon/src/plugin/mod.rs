@@ -14,6 +14,13 @@
 //! `quarantine_after` times is quarantined: its commands are refused until
 //! the plugin is reloaded.
 //!
+//! An inline handler may also leave its call **pending** (ABI 1.2): the
+//! call then stays open on its build, its channel runs the plugin's
+//! `on_input` on the connection's task whenever something arrives for it
+//! ([`PendingCall`]), and it ends when `on_input` says so, when any thread
+//! calls the host's `finish`, or when the client cancels — exactly once.
+//! Or it may ask to run on a call thread after all (`SOCKD_RUN_ON_THREAD`).
+//!
 //! Locks guard only the slot table and are never held while plugin code
 //! runs: a plugin that blocks in `init`, `configure` or `handle` stalls
 //! itself, not the daemon.
@@ -22,7 +29,7 @@ pub mod host_api;
 pub mod loader;
 pub mod workers;
 
-use crate::channel::{Channel, InlineScope};
+use crate::channel::{Channel, InlineScope, InputHook};
 use crate::config::{OnPluginError, PluginEntry, PluginsConfig};
 use crate::session::Session;
 use bytes::Bytes;
@@ -31,7 +38,6 @@ use sockd_plugin::sys::{self, SockdCall, SockdStr};
 use sockd_proto::ErrorCode;
 use sockd_proto::control::PluginInfo;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -61,6 +67,9 @@ struct Stats {
 
 /// One configured plugin.
 struct Slot {
+    /// The configured name (the `[plugins.NAME]` key), shared with every
+    /// channel of the plugin.
+    name: Arc<str>,
     entry: PluginEntry,
     /// `dir/file`, as reported by `list`.
     path: PathBuf,
@@ -79,8 +88,9 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(entry: PluginEntry, path: PathBuf) -> Self {
+    fn new(name: &str, entry: PluginEntry, path: PathBuf) -> Self {
         Slot {
+            name: name.into(),
             entry,
             path,
             current: None,
@@ -148,14 +158,14 @@ impl Inner {
         out
     }
 
-    fn serving(&self, command: &str) -> Option<(&String, &Slot, &Arc<Build>)> {
-        self.plugins.iter().find_map(|(name, slot)| {
+    fn serving(&self, command: &str) -> Option<(&Slot, &Arc<Build>)> {
+        self.plugins.values().find_map(|slot| {
             let build = slot.current.as_ref()?;
             build
                 .commands
                 .iter()
                 .any(|c| c == command)
-                .then_some((name, slot, build))
+                .then_some((slot, build))
         })
     }
 }
@@ -216,7 +226,7 @@ impl PluginHost {
             taken: &taken,
         };
         let result = loader::load(name, entry, &cx);
-        let mut slot = Slot::new(entry.clone(), loader::plugin_path(&dir, entry));
+        let mut slot = Slot::new(name, entry.clone(), loader::plugin_path(&dir, entry));
         let outcome = match result {
             Ok(build) => {
                 tracing::info!(
@@ -239,10 +249,10 @@ impl PluginHost {
     /// The plugin serving `command`, if any. A quarantined plugin is still
     /// named here so that [`start_call`](Self::start_call) can say why it
     /// refuses the call.
-    pub fn plugin_for(&self, command: &str) -> Option<String> {
+    pub fn plugin_for(&self, command: &str) -> Option<Arc<str>> {
         self.lock()
             .serving(command)
-            .map(|(name, _, _)| name.clone())
+            .map(|(slot, _)| slot.name.clone())
     }
 
     /// Runs the call on its own thread, which finishes the channel; or, if
@@ -250,6 +260,13 @@ impl PluginHost {
     /// here (the caller is the connection's task: the handler must not
     /// block, and the channel's operations are made non-blocking).
     pub fn start_call(&self, req: CallRequest) -> Result<(), (ErrorCode, String)> {
+        self.prepare_call(&req.command)?.start(req)
+    }
+
+    /// Finds the plugin for `command` and counts a call to it, or says why
+    /// there is none (unknown, quarantined, shutting down), before the
+    /// caller makes a channel for it. [`PreparedCall::start`] then runs it.
+    pub fn prepare_call(&self, command: &str) -> Result<PreparedCall, (ErrorCode, String)> {
         if self.stopped.load(Ordering::SeqCst) {
             return Err((
                 ErrorCode::ShuttingDown,
@@ -259,13 +276,14 @@ impl PluginHost {
         let after = self.quarantine_after.load(Ordering::SeqCst);
         let (name, build, stats) = {
             let inner = self.lock();
-            let Some((name, slot, build)) = inner.serving(&req.command) else {
+            let Some((slot, build)) = inner.serving(command) else {
                 return Err((
                     ErrorCode::UnknownCommand,
-                    format!("no plugin serves the command `{}`", req.command),
+                    format!("no plugin serves the command `{command}`"),
                 ));
             };
             if let Some(n) = slot.quarantined(after) {
+                let name = &slot.name;
                 return Err((
                     ErrorCode::Unavailable,
                     format!(
@@ -276,30 +294,15 @@ impl PluginHost {
             // Counted while the build is still current, so a reload that
             // retires it cannot miss this call (see Build::retire).
             build.call_started();
-            (name.clone(), build.clone(), slot.stats.clone())
+            (slot.name.clone(), build.clone(), slot.stats.clone())
         };
         stats.calls.fetch_add(1, Ordering::Relaxed);
-        let inline = build.is_inline(&req.command);
-        let call = RunningCall {
-            name: name.clone(),
-            build: build.clone(),
+        Ok(PreparedCall(Some(RunningCall {
+            name,
+            build,
             stats,
             quarantine_after: self.quarantine_after.clone(),
-        };
-        if inline {
-            call.run_inline(req);
-            return Ok(());
-        }
-        let spawned = workers::Workers::global(CALL_STACK).run(move || call.run(req));
-        if let Err(e) = spawned {
-            build.call_ended();
-            tracing::error!(plugin = %name, "cannot start a call thread: {e}");
-            return Err((
-                ErrorCode::Unavailable,
-                format!("cannot start a thread for plugin {name}: {e}"),
-            ));
-        }
-        Ok(())
+        })))
     }
 
     /// A session ended: every live build may drop what it kept for it.
@@ -517,9 +520,46 @@ impl PluginHost {
     }
 }
 
+/// A call counted to its plugin's current build by
+/// [`PluginHost::prepare_call`], not yet started.
+pub struct PreparedCall(Option<RunningCall>);
+
+impl PreparedCall {
+    /// The configured name of the plugin that will serve the call.
+    pub fn plugin(&self) -> Arc<str> {
+        self.0.as_ref().map(|c| c.name.clone()).unwrap_or_default()
+    }
+
+    /// Runs the call: inline (to its end, or until it is pending) if the
+    /// plugin declared the command so, else on a call thread. The error is
+    /// the CLOSE to answer with when no call thread can be had.
+    pub fn start(mut self, req: CallRequest) -> Result<(), (ErrorCode, String)> {
+        let Some(call) = self.0.take() else {
+            return Ok(());
+        };
+        if call.build.is_inline(&req.command) {
+            let Some((call, req)) = call.run_inline(req) else {
+                return Ok(());
+            };
+            // The handler asked for a call thread after all.
+            return call.run_on_thread(req);
+        }
+        call.run_on_thread(req)
+    }
+}
+
+impl Drop for PreparedCall {
+    fn drop(&mut self) {
+        // Never started: the build must not wait for it.
+        if let Some(call) = self.0.take() {
+            call.build.call_ended();
+        }
+    }
+}
+
 /// What a call thread needs besides the request.
 struct RunningCall {
-    name: String,
+    name: Arc<str>,
     build: Arc<Build>,
     stats: Arc<Stats>,
     quarantine_after: Arc<AtomicU32>,
@@ -541,48 +581,65 @@ impl Drop for CallEnd<'_> {
     }
 }
 
-/// `ip:port` without a heap allocation (the longest, a scoped IPv6
-/// address, takes 54 bytes).
-struct PeerText {
-    buf: [u8; 64],
-    len: usize,
-}
-
-impl PeerText {
-    fn new(peer: std::net::SocketAddr) -> Self {
-        let mut buf = [0u8; 64];
-        let mut cursor = &mut buf[..];
-        let len = match write!(cursor, "{peer}") {
-            Ok(()) => 64 - cursor.len(),
-            Err(_) => 0,
-        };
-        PeerText { buf, len }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
 impl RunningCall {
-    /// Runs an inline call on the caller's thread (the connection's task).
-    fn run_inline(self, req: CallRequest) {
-        req.channel.set_inline();
-        let _scope = InlineScope::enter();
-        // A panic in the host's own code must not take the connection's
-        // task down; CallEnd has already closed the call then.
-        let _ = catch_unwind(AssertUnwindSafe(|| self.run(req)));
+    /// Runs the call on a call thread, which finishes it.
+    fn run_on_thread(self, req: CallRequest) -> Result<(), (ErrorCode, String)> {
+        let (name, build) = (self.name.clone(), self.build.clone());
+        let spawned = workers::Workers::global(CALL_STACK).run(move || self.run(req));
+        if let Err(e) = spawned {
+            build.call_ended();
+            tracing::error!(plugin = %name, "cannot start a call thread: {e}");
+            return Err((
+                ErrorCode::Unavailable,
+                format!("cannot start a thread for plugin {name}: {e}"),
+            ));
+        }
+        Ok(())
     }
 
-    fn run(self, req: CallRequest) {
-        let _end = CallEnd {
-            build: &self.build,
-            channel: &req.channel,
-        };
+    /// Runs an inline call on the caller's thread (the connection's task).
+    /// Returns the call if its handler asked for a call thread instead.
+    fn run_inline(self, req: CallRequest) -> Option<(Self, CallRequest)> {
+        req.channel.set_inline();
+        let scope = InlineScope::enter();
+        // A panic in the host's own code must not take the connection's
+        // task down: the call is then ended as `internal`.
+        let status = catch_unwind(AssertUnwindSafe(|| {
+            self.invoke(&req, sys::SOCKD_CALL_INLINE)
+        }))
+        .unwrap_or(sys::SOCKD_E_INTERNAL);
+        drop(scope);
+        let channel = req.channel.clone();
+        match status {
+            sys::SOCKD_RUN_ON_THREAD => {
+                channel.clear_inline();
+                return Some((self, req));
+            }
+            sys::SOCKD_PENDING if self.build.serves_pending() => {
+                let pending = Arc::new(PendingCall {
+                    call: self,
+                    ended: AtomicBool::new(false),
+                });
+                // Another thread may have called `finish` while the handler
+                // ran: that is the call's end.
+                if let Some(status) = channel.set_hook(pending.clone()) {
+                    pending.end(&channel, status);
+                }
+                return None;
+            }
+            _ => {}
+        }
+        let (code, message) = self.outcome(status);
+        channel.finish(code, &message);
+        self.build.call_ended();
+        None
+    }
+
+    /// Calls the plugin's `handle` for `req` and returns its status.
+    fn invoke(&self, req: &CallRequest, flags: u32) -> i32 {
         let session = &req.session;
         // Everything the call points to lives on this stack frame until
         // handle() returns, as the ABI promises.
-        let peer = PeerText::new(session.peer);
         let argv: Vec<SockdStr> = req.args.iter().map(|a| SockdStr::from_slice(a)).collect();
         let call = SockdCall {
             size: size_of::<SockdCall>() as u32,
@@ -593,13 +650,25 @@ impl RunningCall {
             command: SockdStr::from_slice(req.command.as_bytes()),
             argc: argv.len(),
             argv: argv.as_ptr(),
-            peer: SockdStr::from_slice(peer.as_bytes()),
+            peer: SockdStr::from_slice(session.peer_text.as_bytes()),
+            flags,
         };
         tracing::debug!(plugin = %self.name, command = %req.command, session = session.id, "call started");
         let status = self.build.handle(&call);
+        tracing::debug!(plugin = %self.name, command = %req.command, session = session.id, status, "handle returned");
+        status
+    }
+
+    /// Runs a call on this (call) thread to its end.
+    fn run(self, req: CallRequest) {
+        let _end = CallEnd {
+            build: &self.build,
+            channel: &req.channel,
+        };
+        let status = self.invoke(&req, 0);
         let (code, message) = self.outcome(status);
         req.channel.finish(code, &message);
-        tracing::debug!(plugin = %self.name, command = %req.command, session = session.id, status, "call ended");
+        tracing::debug!(plugin = %self.name, command = %req.command, session = req.session.id, status, "call ended");
     }
 
     /// Maps handle()'s status to the CLOSE code, counting errors and panics.
@@ -611,6 +680,18 @@ impl RunningCall {
         // A C plugin may hand back a host function's negated result as is.
         let code = match status.unsigned_abs() as i32 {
             sys::SOCKD_E_PANICKED => return self.panicked(),
+            // Only an inline handle may leave its call pending or hand it
+            // to a thread, and only a 1.2 plugin with on_input pending.
+            sys::SOCKD_PENDING | sys::SOCKD_RUN_ON_THREAD => {
+                tracing::error!(plugin = %self.name, status, "a call returned a status not allowed where it ran");
+                return (
+                    ErrorCode::Internal,
+                    format!(
+                        "plugin {} returned status {status} where it is not allowed",
+                        self.name
+                    ),
+                );
+            }
             sys::SOCKD_E_WOULD_BLOCK => ErrorCode::Busy,
             sys::SOCKD_E_CLOSED => ErrorCode::Cancelled,
             n => match u16::try_from(n) {
@@ -637,5 +718,43 @@ impl RunningCall {
             ErrorCode::Internal,
             format!("plugin {} panicked", self.name),
         )
+    }
+}
+
+/// A pending inline call (ABI 1.2): its channel's input hook. Ends once,
+/// whoever ends it: `on_input`'s status, the host's `finish`, or a client
+/// cancel `on_input` did not answer.
+struct PendingCall {
+    call: RunningCall,
+    ended: AtomicBool,
+}
+
+impl InputHook for PendingCall {
+    fn on_input(&self, channel: &Channel) {
+        if self.ended.load(Ordering::SeqCst) {
+            return;
+        }
+        let scope = InlineScope::enter();
+        let status = catch_unwind(AssertUnwindSafe(|| {
+            self.call.build.on_input(channel.handle)
+        }))
+        .unwrap_or(sys::SOCKD_E_INTERNAL);
+        drop(scope);
+        if status != sys::SOCKD_PENDING {
+            self.end(channel, status);
+        } else if channel.is_cancelled() {
+            // The plugin did not notice: the client is gone all the same.
+            self.end(channel, sys::SOCKD_E_CANCELLED);
+        }
+    }
+
+    fn end(&self, channel: &Channel, status: i32) -> bool {
+        if self.ended.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let (code, message) = self.call.outcome(status);
+        channel.finish(code, &message);
+        self.call.build.call_ended();
+        true
     }
 }

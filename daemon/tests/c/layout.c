@@ -30,6 +30,7 @@ int main(void) {
     OFF(sockd_call, argc);
     OFF(sockd_call, argv);
     OFF(sockd_call, peer);
+    OFF(sockd_call, flags);
 
     SIZE(sockd_host);
     ALIGN(sockd_host);
@@ -46,6 +47,9 @@ int main(void) {
     OFF(sockd_host, subscribe);
     OFF(sockd_host, push_user);
     OFF(sockd_host, user_online);
+    OFF(sockd_host, finish);
+    OFF(sockd_host, wake);
+    CONST(SOCKD_HOST_SIZE_1_1);
 
     SIZE(sockd_plugin);
     ALIGN(sockd_plugin);
@@ -62,7 +66,9 @@ int main(void) {
     OFF(sockd_plugin, session_closed);
     OFF(sockd_plugin, shutdown);
     OFF(sockd_plugin, inline_commands);
+    OFF(sockd_plugin, on_input);
     CONST(SOCKD_PLUGIN_SIZE_1_0);
+    CONST(SOCKD_PLUGIN_SIZE_1_1);
 
     /* The magic does not fit an int64_t comparison as a negative; print it
      * as unsigned hex separately. */
@@ -92,6 +98,9 @@ int main(void) {
     CONST(SOCKD_E_WOULD_BLOCK);
     CONST(SOCKD_E_CLOSED);
     CONST(SOCKD_E_PANICKED);
+    CONST(SOCKD_PENDING);
+    CONST(SOCKD_RUN_ON_THREAD);
+    CONST(SOCKD_CALL_INLINE);
     CONST(SOCKD_STREAM_MAIN);
     CONST(SOCKD_STREAM_DIAG);
     CONST(SOCKD_STREAM_CONTROL);

@@ -10,12 +10,14 @@
 //! to listening recipients as soon as it is accepted.
 
 use crate::Chat;
+use crate::config::Settings;
+use crate::rate::RateLimiter;
 use crate::store::{InboxState, Pending, Store};
 use crate::wire::{self, Message, Request, Target};
 use serde_json::{Value, json};
 use sockd_plugin::{Call, Channel, ChannelError, Code, Failure, Input, stream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
 const USAGE: &str = "usage: chat listen [--no-live] | send TARGET [TEXT] | send-lines TARGET | who [#ROOM] \
@@ -145,7 +147,7 @@ fn read_text(ch: Channel, max: usize) -> Result<String, Failure> {
     String::from_utf8(text).map_err(|_| Failure::bad_request("the message text must be UTF-8"))
 }
 
-fn too_large(len: usize, max: usize) -> Failure {
+pub(crate) fn too_large(len: usize, max: usize) -> Failure {
     Failure::new(
         Code::TooLarge,
         format!("message too large: {len} bytes; the limit is {max} (max_message_bytes)"),
@@ -167,9 +169,19 @@ fn submit_send(
 
 /// Checks a message text against the size and rate limits.
 fn check_message(chat: &Chat, from: &str, text: String) -> Result<String, Failure> {
+    check_limits(&chat.settings, &chat.limiter, from, text)
+}
+
+/// [`check_message`] with the parts of [`Chat`] it needs.
+pub(crate) fn check_limits(
+    settings: &Mutex<Settings>,
+    limiter: &RateLimiter,
+    from: &str,
+    text: String,
+) -> Result<String, Failure> {
     // Only the limits: a full copy of the settings allocates.
     let (max_message_bytes, rate_per_sec, burst) = {
-        let s = chat.settings.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = settings.lock().unwrap_or_else(PoisonError::into_inner);
         (s.max_message_bytes, s.rate_per_sec, s.burst)
     };
     if text.is_empty() {
@@ -178,7 +190,7 @@ fn check_message(chat: &Chat, from: &str, text: String) -> Result<String, Failur
     if text.len() > max_message_bytes {
         return Err(too_large(text.len(), max_message_bytes));
     }
-    if !chat.limiter.allow(from, rate_per_sec, burst) {
+    if !limiter.allow(from, rate_per_sec, burst) {
         return Err(Failure::new(
             Code::RateLimited,
             format!(
@@ -189,7 +201,7 @@ fn check_message(chat: &Chat, from: &str, text: String) -> Result<String, Failur
     Ok(text)
 }
 
-fn accepted(m: &Message) -> Value {
+pub(crate) fn accepted(m: &Message) -> Value {
     json!({ "id": m.id, "ts": m.ts, "to": m.to })
 }
 
@@ -329,62 +341,27 @@ fn confirm(
     flush(&mut out)
 }
 
-/// Splits a stream's input into lines, gathering what is already there.
-struct LineReader {
-    ch: Channel,
-    stream: u8,
+/// Cuts a byte stream into lines (without their newline) of at most
+/// `max_line` bytes; the start of a line waits for the rest of it.
+pub(crate) struct LineSplitter {
     max_line: usize,
     partial: Vec<u8>,
-    buf: Vec<u8>,
-    eof: bool,
-    /// Give up waiting for the first input after this long (no lines).
-    idle: Option<Duration>,
 }
 
-impl LineReader {
-    fn new(ch: Channel, stream: u8, max_line: usize) -> Self {
-        LineReader {
-            ch,
-            stream,
+impl LineSplitter {
+    pub(crate) fn new(max_line: usize) -> Self {
+        LineSplitter {
             max_line,
             partial: Vec::new(),
-            buf: vec![0; 64 * 1024],
-            eof: false,
-            idle: None,
         }
     }
 
-    /// Waits for input, then takes whatever else is already queued; returns
-    /// the complete lines and whether the stream ended.
-    fn next_lines(&mut self) -> Result<(Vec<Vec<u8>>, bool), Failure> {
-        let mut lines = Vec::new();
-        let mut gathered = 0;
-        let mut timeout = self.idle;
-        while !self.eof && gathered < GATHER_BYTES {
-            match self.ch.read(&mut self.buf, timeout) {
-                Ok(Input::Data { stream, len }) if stream == self.stream => {
-                    gathered += len;
-                    self.split(len, &mut lines)?;
-                }
-                Ok(Input::Data { .. }) => {}
-                Ok(Input::Eof { stream }) if stream == self.stream => self.eof = true,
-                Ok(Input::Eof { .. }) => {}
-                Err(ChannelError::Timeout) => break,
-                Err(e) => return Err(e.into()),
-            }
-            // Something arrived: from now on take only what is queued.
-            if !lines.is_empty() {
-                timeout = Some(Duration::ZERO);
-            }
-        }
-        if self.eof && !self.partial.is_empty() {
-            lines.push(std::mem::take(&mut self.partial));
-        }
-        Ok((lines, self.eof))
-    }
-
-    fn split(&mut self, len: usize, lines: &mut Vec<Vec<u8>>) -> Result<(), Failure> {
-        let mut data = &self.buf[..len];
+    /// Appends the lines `data` completes to `lines`.
+    pub(crate) fn split(
+        &mut self,
+        mut data: &[u8],
+        lines: &mut Vec<Vec<u8>>,
+    ) -> Result<(), Failure> {
         while let Some(at) = data.iter().position(|&b| b == b'\n') {
             self.partial.extend_from_slice(&data[..at]);
             lines.push(std::mem::take(&mut self.partial));
@@ -401,6 +378,64 @@ impl LineReader {
             ));
         }
         Ok(())
+    }
+
+    /// The stream ended: its last line, if that had no newline.
+    pub(crate) fn last_line(&mut self) -> Option<Vec<u8>> {
+        (!self.partial.is_empty()).then(|| std::mem::take(&mut self.partial))
+    }
+}
+
+/// Splits a stream's input into lines, gathering what is already there.
+struct LineReader {
+    ch: Channel,
+    stream: u8,
+    lines: LineSplitter,
+    buf: Vec<u8>,
+    eof: bool,
+    /// Give up waiting for the first input after this long (no lines).
+    idle: Option<Duration>,
+}
+
+impl LineReader {
+    fn new(ch: Channel, stream: u8, max_line: usize) -> Self {
+        LineReader {
+            ch,
+            stream,
+            lines: LineSplitter::new(max_line),
+            buf: vec![0; 64 * 1024],
+            eof: false,
+            idle: None,
+        }
+    }
+
+    /// Waits for input, then takes whatever else is already queued; returns
+    /// the complete lines and whether the stream ended.
+    fn next_lines(&mut self) -> Result<(Vec<Vec<u8>>, bool), Failure> {
+        let mut lines = Vec::new();
+        let mut gathered = 0;
+        let mut timeout = self.idle;
+        while !self.eof && gathered < GATHER_BYTES {
+            match self.ch.read(&mut self.buf, timeout) {
+                Ok(Input::Data { stream, len }) if stream == self.stream => {
+                    gathered += len;
+                    self.lines.split(&self.buf[..len], &mut lines)?;
+                }
+                Ok(Input::Data { .. }) => {}
+                Ok(Input::Eof { stream }) if stream == self.stream => self.eof = true,
+                Ok(Input::Eof { .. }) => {}
+                Err(ChannelError::Timeout) => break,
+                Err(e) => return Err(e.into()),
+            }
+            // Something arrived: from now on take only what is queued.
+            if !lines.is_empty() {
+                timeout = Some(Duration::ZERO);
+            }
+        }
+        if self.eof {
+            lines.extend(self.lines.last_line());
+        }
+        Ok((lines, self.eof))
     }
 }
 

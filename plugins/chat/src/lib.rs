@@ -7,12 +7,15 @@
 //!   pushed before their commit;
 //! - [`calls`]: the `chat` command's subcommands, including the long-lived
 //!   `chat listen` channel of interactive clients;
+//! - [`lines`]: `chat send-lines` served on the connection's task (ABI 1.2
+//!   pending inline call): no thread hand-off between a line and its push;
 //! - [`wire`]: JSON shapes and name rules; [`rate`]: flood protection.
 //!
 //! The protocol is in docs/PROTOCOL.md ("chat"), the user and operator
 //! guide in docs/CHAT.md.
 
 mod calls;
+mod lines;
 mod live;
 // Public only for the fuzz targets (fuzz/); not an API.
 #[doc(hidden)]
@@ -24,7 +27,7 @@ pub mod wire;
 
 use config::Settings;
 use rate::RateLimiter;
-use sockd_plugin::{Call, Code, Failure, Host, Plugin};
+use sockd_plugin::{Call, Code, Failure, Host, Inline, Plugin};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use store::Store;
@@ -35,12 +38,20 @@ pub struct Chat {
     settings: Arc<Mutex<Settings>>,
     /// Opened on the first call, which tells where the state directory is.
     store: Mutex<Option<Arc<Store>>>,
-    limiter: RateLimiter,
+    limiter: Arc<RateLimiter>,
 }
 
 impl Chat {
     fn settings(&self) -> Settings {
         self.settings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The store if it is open already (opening it may wait).
+    fn opened_store(&self) -> Option<Arc<Store>> {
+        self.store
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -89,7 +100,7 @@ impl Plugin for Chat {
             host,
             settings: Arc::new(Mutex::new(settings)),
             store: Mutex::new(None),
-            limiter: RateLimiter::new(),
+            limiter: Arc::new(RateLimiter::new()),
         })
     }
 
@@ -118,6 +129,12 @@ impl Plugin for Chat {
         calls::handle(self, call)
     }
 
+    /// `chat` is inline: `send-lines` is served on the connection's task,
+    /// the other subcommands (which wait for the store) on a call thread.
+    fn handle_inline(&self, call: &Call<'_>) -> Result<Inline, Failure> {
+        lines::handle_inline(self, call)
+    }
+
     fn shutdown(&self) {
         if let Some(store) = self
             .store
@@ -130,7 +147,13 @@ impl Plugin for Chat {
     }
 }
 
-sockd_plugin::export_plugin!(name: "chat", version: env!("CARGO_PKG_VERSION"), commands: ["chat"], plugin: Chat);
+sockd_plugin::export_plugin!(
+    name: "chat",
+    version: env!("CARGO_PKG_VERSION"),
+    commands: ["chat"],
+    inline: ["chat"],
+    plugin: Chat,
+);
 
 #[cfg(test)]
 mod tests {

@@ -100,7 +100,12 @@ impl Roster {
 
     /// Checks that `from` may send to `to`; returns the users to register
     /// (an addressee who is online but new to chat).
-    fn check_target(&self, host: Host, from: &str, to: &Target) -> Result<Vec<String>, Failure> {
+    pub fn check_target(
+        &self,
+        host: Host,
+        from: &str,
+        to: &Target,
+    ) -> Result<Vec<String>, Failure> {
         match to {
             Target::User(user) => {
                 if self.users.contains_key(user) {

@@ -262,7 +262,10 @@ impl Store {
         worker.choose_mode_at_open()?;
         let thread = std::thread::Builder::new()
             .name("chat-store".into())
-            .spawn(move || worker.run(rx))
+            .spawn(move || {
+                yield_to_delivery();
+                worker.run(rx)
+            })
             .map_err(|e| format!("cannot start the chat store thread: {e}"))?;
         Ok(Store {
             queue: Mutex::new(tx),
@@ -370,6 +373,21 @@ impl Store {
         accepted: Option<Accepted>,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, Failure> + Send + 'static,
     ) -> Result<Pending<T>, Failure> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.queue_live_then(accepted, f, move |result| {
+            let _ = tx.send(result);
+        })?;
+        Ok(Pending { rx })
+    }
+
+    /// [`Store::queue_live`], with `done` called on the store thread once
+    /// committed instead of a [`Pending`].
+    fn queue_live_then<T: Send + 'static>(
+        &self,
+        accepted: Option<Accepted>,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, Failure> + Send + 'static,
+        done: impl FnOnce(Result<T, Failure>) + Send + 'static,
+    ) -> Result<(), Failure> {
         let mut pushes = Vec::new();
         if let Some(a) = &accepted {
             pushes.reserve(a.deliveries.len());
@@ -379,30 +397,63 @@ impl Store {
         }
         // Queued before the push: a listener that subscribes after the push
         // reads its inbox after these writes.
-        let pending = self.submit_as(true, move |t| {
-            if let Some(a) = &accepted {
-                t.record(a)?;
-            }
-            f(t)
-        });
+        self.submit_then(
+            true,
+            move |t| {
+                if let Some(a) = &accepted {
+                    t.record(a)?;
+                }
+                f(t)
+            },
+            done,
+        );
         self.shared.push(pushes);
-        Ok(pending)
+        Ok(())
     }
 
     /// Sends a message; the result comes once it is committed. In live mode
     /// the recipients' listening sessions get it before that.
     pub fn send(&self, from: &str, to: Target, text: String) -> Result<Pending<Message>, Failure> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send_then(from, to, text, || {
+            move |result| {
+                let _ = tx.send(result);
+            }
+        })?;
+        Ok(Pending { rx })
+    }
+
+    /// [`Store::send`], with the completion made by `done` once the message
+    /// is accepted (not if it is refused) and called on the store thread
+    /// once it is committed.
+    fn send_then<D: FnOnce(Result<Message, Failure>) + Send + 'static>(
+        &self,
+        from: &str,
+        to: Target,
+        text: String,
+        done: impl FnOnce() -> D,
+    ) -> Result<(), Failure> {
         let mut mode = self.numbering()?;
         match &mut *mode {
             Mode::Live(roster) => {
                 let accepted = roster.accept(self.shared.host, from, &to, text, now_ms())?;
                 let message = accepted.message.clone();
-                self.queue_live(Some(accepted), move |_| Ok(message))
+                self.queue_live_then(Some(accepted), move |_| Ok(message), done())
             }
             Mode::Committed => {
                 let from = from.to_string();
-                Ok(self.submit(move |t| t.send(&from, &to, "msg", &text)))
+                self.submit_then(false, move |t| t.send(&from, &to, "msg", &text), done());
+                Ok(())
             }
+        }
+    }
+
+    /// Whether `from` may send to `to`, decided without waiting: `None`
+    /// unless the roster numbers messages (then ask the database).
+    pub fn try_check_target(&self, from: &str, to: &Target) -> Option<Result<(), Failure>> {
+        match &*self.shared.mode() {
+            Mode::Live(roster) => Some(roster.check_target(self.shared.host, from, to).map(|_| ())),
+            Mode::Committed => None,
         }
     }
 
@@ -417,20 +468,42 @@ impl Store {
         texts: Vec<String>,
     ) -> (Vec<Pending<Message>>, Option<Failure>) {
         let mut sent = Vec::with_capacity(texts.len());
+        let refused = self.send_all_then(from, to, texts, || {
+            let (tx, rx) = mpsc::sync_channel(1);
+            sent.push(Pending { rx });
+            move |result| {
+                let _ = tx.send(result);
+            }
+        });
+        (sent, refused)
+    }
+
+    /// [`Store::send_all`] with completions: `done` makes one for each
+    /// message accepted, in order, called on the store thread once that
+    /// message is committed. Returns the refusal that stopped it, if any.
+    ///
+    /// Never waits, but for the rare case where numbering has run through
+    /// the durable id reservation before its extension was committed.
+    pub fn send_all_then<D: FnOnce(Result<Message, Failure>) + Send + 'static>(
+        &self,
+        from: &str,
+        to: &Target,
+        texts: Vec<String>,
+        mut done: impl FnMut() -> D,
+    ) -> Option<Failure> {
         let mut texts = texts.into_iter();
         let mut mode = match self.numbering() {
             Ok(mode) => mode,
-            Err(e) => return (sent, Some(e)),
+            Err(e) => return Some(e),
         };
         let Mode::Live(roster) = &mut *mode else {
             drop(mode);
             for text in texts {
-                match self.send(from, to.clone(), text) {
-                    Ok(pending) => sent.push(pending),
-                    Err(e) => return (sent, Some(e)),
+                if let Err(e) = self.send_then(from, to.clone(), text, &mut done) {
+                    return Some(e);
                 }
             }
-            return (sent, None);
+            return None;
         };
         // (user, last seq, lines), at most PUSH_BYTES each but for one line.
         let mut pushes: Vec<(String, i64, Vec<u8>)> = Vec::new();
@@ -466,10 +539,14 @@ impl Store {
                 }
             }
             let message = accepted.message.clone();
-            sent.push(self.submit_as(true, move |t| {
-                t.record(&accepted)?;
-                Ok(message)
-            }));
+            self.submit_then(
+                true,
+                move |t| {
+                    t.record(&accepted)?;
+                    Ok(message)
+                },
+                done(),
+            );
             if refused.is_some() {
                 break;
             }
@@ -480,13 +557,12 @@ impl Store {
         if refused.is_none() {
             // Only past the reservation: the rest one by one.
             for text in texts {
-                match self.send(from, to.clone(), text) {
-                    Ok(pending) => sent.push(pending),
-                    Err(e) => return (sent, Some(e)),
+                if let Err(e) = self.send_then(from, to.clone(), text, &mut done) {
+                    return Some(e);
                 }
             }
         }
-        (sent, refused)
+        refused
     }
 
     /// Adds `user` to `room` (a valid room name); the result is the member
@@ -598,6 +674,27 @@ fn open_connection(path: &Path, sync: Sync) -> Result<Connection, String> {
     conn.execute_batch(SCHEMA).map_err(fail)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// How much lower than the daemon's threads the store thread runs (its
+/// nice value, relative). Committing is background work: a delivery, whose
+/// latency the users see, should win a core over it.
+const STORE_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority by [`STORE_NICE`] (Linux
+/// applies a nice value per thread). Failure only costs latency.
+fn yield_to_delivery() {
+    // SAFETY: gettid, getpriority and setpriority take and return plain
+    // integers; `tid` is this thread's own id, so only its priority changes.
+    unsafe {
+        let tid = nix::libc::gettid();
+        let current = nix::libc::getpriority(nix::libc::PRIO_PROCESS, tid as nix::libc::id_t);
+        nix::libc::setpriority(
+            nix::libc::PRIO_PROCESS,
+            tid as nix::libc::id_t,
+            (current + STORE_NICE).min(19),
+        );
+    }
 }
 
 /// An exclusive `flock` on `<db>.lock`, taken around every batch.

@@ -1,5 +1,5 @@
 /*
- * sockd_plugin.h - the sockd handler ABI, version 1.1.
+ * sockd_plugin.h - the sockd handler ABI, version 1.2.
  *
  * A plugin is a shared library exporting one symbol, sockd_plugin_entry,
  * which returns a pointer to a static sockd_plugin descriptor. The daemon
@@ -9,6 +9,8 @@
  * Threading: every call to handle() runs on its own thread and may block,
  * except calls of the commands listed in inline_commands (ABI 1.1), which
  * run on the connection's own task and must not block (see docs/PLUGINS.md).
+ * An inline handle() may return SOCKD_PENDING (ABI 1.2): the call stays
+ * open and on_input() serves it on the connection's task as input arrives.
  * Host functions are thread-safe and may be called from any thread.
  *
  * Memory: everything the host passes in (strings, the call, the host table)
@@ -19,8 +21,9 @@
  * to must stay valid for as long as the library is loaded.
  *
  * Versioning: a new minor version only appends fields to the end of
- * sockd_host and sockd_plugin; a plugin checks host->size before using a
- * field newer than the minor it was built for. A major bump breaks the ABI.
+ * sockd_host, sockd_plugin and sockd_call; a plugin checks host->size (and
+ * call->size) before using a field newer than the minor it was built for.
+ * A major bump breaks the ABI.
  *
  * See docs/PLUGINS.md for the guide.
  */
@@ -36,7 +39,7 @@ extern "C" {
 
 #define SOCKD_PLUGIN_MAGIC UINT64_C(0x314c50444b434f53) /* "SOCKDPL1" little-endian */
 #define SOCKD_ABI_MAJOR 1
-#define SOCKD_ABI_MINOR 1
+#define SOCKD_ABI_MINOR 2
 #define SOCKD_PLUGIN_ENTRY_SYMBOL "sockd_plugin_entry"
 
 /* Status codes: the wire protocol's error codes (docs/PROTOCOL.md).
@@ -64,6 +67,12 @@ extern "C" {
 #define SOCKD_E_WOULD_BLOCK 100 /* try_write: the client's window is full */
 #define SOCKD_E_CLOSED 101      /* the channel is gone or was never valid */
 #define SOCKD_E_PANICKED 102    /* returned by the Rust SDK when a handler panicked */
+/* ABI 1.2: statuses an inline handle() (or on_input()) may return. */
+#define SOCKD_PENDING 103       /* keep the call open; on_input() serves it */
+#define SOCKD_RUN_ON_THREAD 104 /* inline handle(): run this call on a call thread instead */
+
+/* ABI 1.2: sockd_call.flags. */
+#define SOCKD_CALL_INLINE 1u /* handle() runs on the connection's task */
 
 /* Well-known streams within a channel. */
 #define SOCKD_STREAM_MAIN 0    /* stdout, file data, command input */
@@ -93,6 +102,8 @@ typedef struct sockd_call {
     size_t argc;
     const sockd_str *argv; /* argc arguments (arbitrary bytes) */
     sockd_str peer;        /* client address, "ip:port" */
+    /* ---- ABI 1.2 (check size first) ---- */
+    uint32_t flags; /* SOCKD_CALL_INLINE when handle() runs on the connection's task */
 } sockd_call;
 
 /* Services the daemon offers, one table per loaded plugin. */
@@ -141,7 +152,27 @@ typedef struct sockd_host {
 
     /* Nonzero if user has at least one live authenticated session. */
     int32_t (*user_online)(const uint8_t *user, size_t user_len);
+
+    /* ---- ABI 1.2 (check size first) ---- */
+
+    /* End a pending call (one whose inline handle() returned SOCKD_PENDING)
+     * with status, as if handle() had returned it; from any thread. Exactly
+     * once: returns 0 if this ended the call, -SOCKD_E_CLOSED if it had
+     * already ended (finished, failed, or cancelled by the client), and
+     * -SOCKD_E_BAD_REQUEST for a call that is not pending. */
+    int32_t (*finish)(uint64_t channel, int32_t status);
+
+    /* Run a pending call's on_input() now, on the calling thread, although
+     * nothing arrived (say, a thread of yours made room for more input);
+     * if it is running elsewhere it runs once more when it returns. Never
+     * call it holding a lock your on_input() takes. Returns 0,
+     * -SOCKD_E_CLOSED (the call ended) or -SOCKD_E_BAD_REQUEST (not
+     * pending). */
+    int32_t (*wake)(uint64_t channel);
 } sockd_host;
+
+/* sizeof(sockd_host) in ABI 1.0 and 1.1, before finish was appended. */
+#define SOCKD_HOST_SIZE_1_1 offsetof(sockd_host, finish)
 
 /* What a plugin exports through sockd_plugin_entry(). */
 typedef struct sockd_plugin {
@@ -181,10 +212,22 @@ typedef struct sockd_plugin {
      * returns -SOCKD_E_WOULD_BLOCK, and write() never waits (it behaves as
      * try_write()). The call ends when handle() returns. */
     const char *const *inline_commands;
+
+    /* ---- ABI 1.2 ---- */
+
+    /* NULL, or: serves a pending call (its inline handle() returned
+     * SOCKD_PENDING). Called on the connection's task, never concurrently
+     * for one call, whenever something arrived for it: input (DATA, EOF),
+     * cancellation (the client's CLOSE or disconnect) or credit. Drain the
+     * input with read(timeout 0); the same no-blocking rules as handle().
+     * Return SOCKD_PENDING to keep the call open, or a status to end it. */
+    int32_t (*on_input)(void *state, uint64_t channel);
 } sockd_plugin;
 
 /* sizeof(sockd_plugin) in ABI 1.0, before inline_commands was appended. */
 #define SOCKD_PLUGIN_SIZE_1_0 offsetof(sockd_plugin, inline_commands)
+/* sizeof(sockd_plugin) in ABI 1.1, before on_input was appended. */
+#define SOCKD_PLUGIN_SIZE_1_1 offsetof(sockd_plugin, on_input)
 
 typedef const sockd_plugin *(*sockd_plugin_entry_fn)(void);
 

@@ -23,7 +23,9 @@
 //!
 //! Short, non-blocking commands can be declared inline (ABI 1.1,
 //! `inline: [...]` in [`export_plugin!`]): the daemon runs them on the
-//! connection's task without a thread hand-off.
+//! connection's task without a thread hand-off. Since ABI 1.2 such a
+//! command may also stay open and serve its input there
+//! ([`Plugin::handle_inline`], [`Inline::Pending`], [`PendingCall`]).
 //!
 //! See docs/PLUGINS.md for the lifecycle and threading rules.
 
@@ -366,6 +368,43 @@ impl Channel {
         unsafe { (self.host.raw.set_result)(self.id, value, message.as_ptr(), message.len()) };
     }
 
+    /// Ends a pending call ([`Inline::Pending`]) from any thread, as if
+    /// `on_input` had returned `result`. Exactly once: true if this ended
+    /// the call; false if it had already ended (the client cancelled, or
+    /// another end came first), if the call is not pending, or if the host
+    /// is older than ABI 1.2.
+    pub fn finish(&self, result: Result<(), Failure>) -> bool {
+        if (self.host.raw.size as usize) < std::mem::size_of::<SockdHost>() {
+            return false;
+        }
+        let status = match result {
+            Ok(()) => sys::SOCKD_OK,
+            Err(failure) => {
+                self.set_result(0, &failure.message);
+                failure.code as i32
+            }
+        };
+        // SAFETY: the host's size covers `finish` (checked above).
+        let ended = unsafe { (self.host.raw.finish)(self.id, status) } == sys::SOCKD_OK;
+        if ended {
+            glue::forget_pending(self.id);
+        }
+        ended
+    }
+
+    /// Runs a pending call's [`PendingCall::on_input`] now, on this thread,
+    /// although nothing arrived (or once more after its current run, if it
+    /// is running elsewhere): for a thread that made room for more input,
+    /// say. Never call it holding a lock `on_input` takes. False if the
+    /// call is not pending (or ended, or the host is older than ABI 1.2).
+    pub fn wake(&self) -> bool {
+        if (self.host.raw.size as usize) < std::mem::size_of::<SockdHost>() {
+            return false;
+        }
+        // SAFETY: the host's size covers `wake` (checked above).
+        unsafe { (self.host.raw.wake)(self.id) == sys::SOCKD_OK }
+    }
+
     /// Makes this channel a target of [`Host::push_user`].
     pub fn subscribe(&self) -> Result<(), ChannelError> {
         // SAFETY: plain value argument.
@@ -452,6 +491,39 @@ impl<'a> Call<'a> {
     }
 }
 
+/// What an inline handler did with its call ([`Plugin::handle_inline`]).
+pub enum Inline {
+    /// The call is over, successfully.
+    Done,
+    /// Keep the call open (ABI 1.2): the value's [`PendingCall::on_input`]
+    /// serves it on the connection's task whenever input, EOF, a cancel or
+    /// credit arrives, and any thread may end it with [`Channel::finish`].
+    Pending(Box<dyn PendingCall>),
+    /// Run this call on a call thread after all: [`Plugin::handle`] is
+    /// called there (for a subcommand that blocks, say).
+    OnThread,
+}
+
+/// What [`PendingCall::on_input`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// The call stays open.
+    Pending,
+    /// The call is over, successfully.
+    Done,
+}
+
+/// The state of one pending call (see [`Inline::Pending`]).
+pub trait PendingCall: Send + 'static {
+    /// Something arrived for the call. Runs on the connection's task and
+    /// must not block: read with `Some(Duration::ZERO)` until
+    /// [`ChannelError::Timeout`] (no more input for now); writes never wait.
+    /// A cancel shows as [`ChannelError::Cancelled`] from `read`. Return
+    /// `Err` to end the call with that failure. Never runs concurrently
+    /// with itself for one call; may run on different threads over time.
+    fn on_input(&mut self, channel: Channel) -> Result<Progress, Failure>;
+}
+
 /// A plugin. One value per loaded build, shared by all calls (so `&self`).
 pub trait Plugin: Send + Sync + Sized + 'static {
     /// Called once when this build is loaded, with the plugin's
@@ -467,6 +539,15 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     /// under `inline` in [`export_plugin!`], runs on the connection's task
     /// instead and must return promptly without blocking.
     fn handle(&self, call: &Call<'_>) -> Result<(), Failure>;
+
+    /// Serves a call of an `inline` command on the connection's task (ABI
+    /// 1.2 hosts; older hosts call [`Plugin::handle`] there). Must return
+    /// promptly without blocking, like `handle` for an inline command, but
+    /// may leave the call open ([`Inline::Pending`]) or send it to a call
+    /// thread ([`Inline::OnThread`]). By default: `handle`, then done.
+    fn handle_inline(&self, call: &Call<'_>) -> Result<Inline, Failure> {
+        self.handle(call).map(|()| Inline::Done)
+    }
 
     /// A session ended: drop what you kept for it.
     fn session_closed(&self, _session_id: u64) {}
@@ -489,7 +570,9 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[doc(hidden)]
 pub mod glue {
     use super::*;
+    use std::collections::{HashMap, HashSet};
     use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
     /// What `*state` points to: the plugin and the host table it was given.
     struct Instance<P> {
@@ -562,6 +645,55 @@ pub mod glue {
         }
     }
 
+    /// Pending calls of this build by channel id, sharded: one lock for
+    /// every connection's input would be a point of contention.
+    struct PendingTable {
+        shards: [Mutex<PendingShard>; PENDING_SHARDS],
+    }
+
+    #[derive(Default)]
+    struct PendingShard {
+        calls: HashMap<u64, Arc<Mutex<Box<dyn PendingCall>>>>,
+        /// Calls ended by `finish` while their inline handler still ran.
+        ended_early: HashSet<u64>,
+    }
+
+    const PENDING_SHARDS: usize = 16;
+
+    fn pending_shard(id: u64) -> MutexGuard<'static, PendingShard> {
+        static TABLE: OnceLock<PendingTable> = OnceLock::new();
+        let table = TABLE.get_or_init(|| PendingTable {
+            shards: std::array::from_fn(|_| Mutex::default()),
+        });
+        table.shards[(id % PENDING_SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A pending call was ended by [`Channel::finish`]: drop its state (or,
+    /// if its handler has not returned yet, drop it then).
+    pub(crate) fn forget_pending(id: u64) {
+        let mut shard = pending_shard(id);
+        if shard.calls.remove(&id).is_none() {
+            shard.ended_early.insert(id);
+        }
+    }
+
+    /// Turns a handler's outcome into its status, with the message set.
+    fn status(channel: Channel, outcome: std::thread::Result<Result<i32, Failure>>) -> i32 {
+        match outcome {
+            Ok(Ok(status)) => status,
+            Ok(Err(failure)) => {
+                channel.set_result(0, &failure.message);
+                failure.code as i32
+            }
+            Err(panic) => {
+                channel.set_result(0, &format!("plugin panicked: {}", panic_message(&*panic)));
+                sys::SOCKD_E_PANICKED
+            }
+        }
+    }
+
     /// # Safety
     /// `state` must come from `init::<P>`; `call` valid until return.
     pub unsafe extern "C" fn handle<P: Plugin>(state: *mut c_void, call: *const SockdCall) -> i32 {
@@ -574,18 +706,67 @@ pub mod glue {
             raw,
             host: instance.host,
         };
-        match catch_unwind(AssertUnwindSafe(|| instance.plugin.handle(&call))) {
-            Ok(Ok(())) => sys::SOCKD_OK,
-            Ok(Err(failure)) => {
-                call.channel().set_result(0, &failure.message);
-                failure.code as i32
-            }
-            Err(panic) => {
-                call.channel()
-                    .set_result(0, &format!("plugin panicked: {}", panic_message(&*panic)));
-                sys::SOCKD_E_PANICKED
-            }
+        let channel = call.channel();
+        // `flags` exists only in calls from an ABI 1.2 host.
+        let inline = raw.size as usize >= std::mem::size_of::<SockdCall>()
+            && raw.flags & sys::SOCKD_CALL_INLINE != 0;
+        if !inline {
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                instance.plugin.handle(&call).map(|()| sys::SOCKD_OK)
+            }));
+            return status(channel, outcome);
         }
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            instance
+                .plugin
+                .handle_inline(&call)
+                .map(|inline| match inline {
+                    Inline::Done => sys::SOCKD_OK,
+                    Inline::OnThread => sys::SOCKD_RUN_ON_THREAD,
+                    Inline::Pending(state) => {
+                        let mut shard = pending_shard(channel.id);
+                        // Unless another thread has already finished it.
+                        if !shard.ended_early.contains(&channel.id) {
+                            shard.calls.insert(channel.id, Arc::new(Mutex::new(state)));
+                        }
+                        sys::SOCKD_PENDING
+                    }
+                })
+        }));
+        pending_shard(channel.id).ended_early.remove(&channel.id);
+        status(channel, outcome)
+    }
+
+    /// # Safety
+    /// `state` must come from `init::<P>`.
+    pub unsafe extern "C" fn on_input<P: Plugin>(state: *mut c_void, channel: u64) -> i32 {
+        // SAFETY: per this function's contract.
+        let instance = unsafe { instance::<P>(state) };
+        let channel = Channel {
+            host: instance.host,
+            id: channel,
+        };
+        let Some(call) = pending_shard(channel.id).calls.get(&channel.id).cloned() else {
+            // Ended meanwhile by another thread.
+            return sys::SOCKD_E_CANCELLED;
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let mut call = call.lock().unwrap_or_else(PoisonError::into_inner);
+            call.on_input(channel)
+        }));
+        let keep = matches!(outcome, Ok(Ok(Progress::Pending))) && !channel.is_cancelled();
+        if !keep {
+            pending_shard(channel.id).calls.remove(&channel.id);
+        }
+        status(
+            channel,
+            outcome.map(|r| {
+                r.map(|p| match p {
+                    Progress::Pending => sys::SOCKD_PENDING,
+                    Progress::Done => sys::SOCKD_OK,
+                })
+            }),
+        )
     }
 
     /// # Safety
@@ -699,6 +880,7 @@ macro_rules! export_plugin {
                 } else {
                     &INLINE_COMMANDS as *const _ as *const *const ::std::ffi::c_char
                 },
+                on_input: Some($crate::glue::on_input::<$ty>),
             };
 
             #[unsafe(no_mangle)]

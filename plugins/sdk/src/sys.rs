@@ -8,7 +8,7 @@ use std::ffi::{c_char, c_void};
 
 pub const SOCKD_PLUGIN_MAGIC: u64 = u64::from_le_bytes(*b"SOCKDPL1");
 pub const SOCKD_ABI_MAJOR: u16 = 1;
-pub const SOCKD_ABI_MINOR: u16 = 1;
+pub const SOCKD_ABI_MINOR: u16 = 2;
 pub const SOCKD_PLUGIN_ENTRY_SYMBOL: &[u8] = b"sockd_plugin_entry";
 
 pub const SOCKD_OK: i32 = 0;
@@ -33,6 +33,16 @@ pub const SOCKD_E_DIRECTORY_NOT_EMPTY: i32 = 27;
 pub const SOCKD_E_WOULD_BLOCK: i32 = 100;
 pub const SOCKD_E_CLOSED: i32 = 101;
 pub const SOCKD_E_PANICKED: i32 = 102;
+/// ABI 1.2: returned by an inline `handle` (or `on_input`) to keep the call
+/// open after it returns; `on_input` then serves it.
+pub const SOCKD_PENDING: i32 = 103;
+/// ABI 1.2: returned by an inline `handle` to have the call run on a call
+/// thread instead (`handle` is called again there, without
+/// [`SOCKD_CALL_INLINE`]).
+pub const SOCKD_RUN_ON_THREAD: i32 = 104;
+
+/// ABI 1.2, `sockd_call.flags`: `handle` runs on the connection's task.
+pub const SOCKD_CALL_INLINE: u32 = 1;
 
 pub const SOCKD_STREAM_MAIN: u8 = 0;
 pub const SOCKD_STREAM_DIAG: u8 = 1;
@@ -88,6 +98,9 @@ pub struct SockdCall {
     pub argc: usize,
     pub argv: *const SockdStr,
     pub peer: SockdStr,
+    // ---- ABI 1.2 ----
+    /// [`SOCKD_CALL_INLINE`] when `handle` runs on the connection's task.
+    pub flags: u32,
 }
 
 pub type LogFn =
@@ -116,6 +129,8 @@ pub type PushUserFn = unsafe extern "C" fn(
     full: *mut u64,
 ) -> i64;
 pub type UserOnlineFn = unsafe extern "C" fn(user: *const u8, user_len: usize) -> i32;
+pub type FinishFn = unsafe extern "C" fn(channel: u64, status: i32) -> i32;
+pub type WakeFn = unsafe extern "C" fn(channel: u64) -> i32;
 
 #[repr(C)]
 pub struct SockdHost {
@@ -132,7 +147,15 @@ pub struct SockdHost {
     pub subscribe: SubscribeFn,
     pub push_user: PushUserFn,
     pub user_online: UserOnlineFn,
+    // ---- ABI 1.2 ----
+    /// Ends a pending call (see [`SOCKD_PENDING`]) from any thread.
+    pub finish: FinishFn,
+    /// Runs a pending call's `on_input` now, on the calling thread.
+    pub wake: WakeFn,
 }
+
+/// `sizeof(sockd_host)` in ABI 1.0 and 1.1: everything before `finish`.
+pub const SOCKD_HOST_SIZE_1_1: usize = std::mem::offset_of!(SockdHost, finish);
 
 pub type InitFn =
     unsafe extern "C" fn(host: *const SockdHost, config: SockdStr, state: *mut *mut c_void) -> i32;
@@ -140,6 +163,7 @@ pub type ConfigureFn = unsafe extern "C" fn(state: *mut c_void, config: SockdStr
 pub type HandleFn = unsafe extern "C" fn(state: *mut c_void, call: *const SockdCall) -> i32;
 pub type SessionClosedFn = unsafe extern "C" fn(state: *mut c_void, session_id: u64);
 pub type ShutdownFn = unsafe extern "C" fn(state: *mut c_void);
+pub type OnInputFn = unsafe extern "C" fn(state: *mut c_void, channel: u64) -> i32;
 
 #[repr(C)]
 pub struct SockdPlugin {
@@ -159,10 +183,16 @@ pub struct SockdPlugin {
     /// NULL, or a NULL-terminated list of commands (each also in
     /// `commands`) that the host runs inline on the connection's task.
     pub inline_commands: *const *const c_char,
+    // ---- ABI 1.2 ----
+    /// NULL, or called on the connection's task whenever something arrives
+    /// for a pending call: input, EOF, cancellation, credit.
+    pub on_input: Option<OnInputFn>,
 }
 
 /// `sizeof(sockd_plugin)` in ABI 1.0: everything before `inline_commands`.
 pub const SOCKD_PLUGIN_SIZE_1_0: usize = std::mem::offset_of!(SockdPlugin, inline_commands);
+/// `sizeof(sockd_plugin)` in ABI 1.1: everything before `on_input`.
+pub const SOCKD_PLUGIN_SIZE_1_1: usize = std::mem::offset_of!(SockdPlugin, on_input);
 
 // SAFETY: a descriptor is immutable static data (pointers to static strings
 // and functions); sharing it between threads is sound.

@@ -20,14 +20,25 @@
 //! - `subscribe`: becomes a push target and waits until cancelled;
 //! - `push USER TEXT`: pushes TEXT to USER's subscribed `subscribe` calls
 //!   and writes `delivered N full M`;
-//! - `config`: writes the settings the plugin currently has.
+//! - `config`: writes the settings the plugin currently has;
+//! - `inline-echo [--on-thread]`: inline and **pending** (ABI 1.2): echoes
+//!   every input frame from `on_input` on the connection's task until EOF
+//!   on stream 0; with `--on-thread` it asks for a call thread instead and
+//!   echoes there as `echo` does;
+//! - `inline-later [MS]`: inline and pending; a thread of its own writes
+//!   `later` after MS milliseconds (default 0) and ends the call with
+//!   `Channel::finish`; input is read and ignored; a cancel ends it early;
+//! - `inline-input-panic`: inline and pending; `on_input` panics.
 //!
 //! Settings (`[plugins.testkit]`): `marker = "/path"` appends one line per
 //! lifecycle event (`init`, `configure`, `session_closed N`, `shutdown`) to
 //! that file, so tests can watch the host drive the lifecycle;
 //! `fail_init = true` makes init fail.
 
-use sockd_plugin::{Call, ChannelError, Failure, Host, Input, Plugin, stream};
+use sockd_plugin::{
+    Call, Channel, ChannelError, Failure, Host, Inline, Input, PendingCall, Plugin, Progress,
+    stream,
+};
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -99,6 +110,8 @@ impl Plugin for Testkit {
             "sleep" => sleep(call),
             "flood" => flood(call),
             "whoami" | "whoami-blocking" => whoami(call),
+            // Asked for a thread with --on-thread.
+            "inline-echo" => echo(call),
             "inline-probe" => inline_probe(call),
             "inline-panic" => panic!("testkit was asked to panic inline"),
             "subscribe" => subscribe(call),
@@ -109,6 +122,18 @@ impl Plugin for Testkit {
             other => Err(Failure::bad_request(format!(
                 "testkit has no command `{other}`"
             ))),
+        }
+    }
+
+    fn handle_inline(&self, call: &Call<'_>) -> Result<Inline, Failure> {
+        match call.command() {
+            "inline-echo" if call.args().first() == Some(&&b"--on-thread"[..]) => {
+                Ok(Inline::OnThread)
+            }
+            "inline-echo" => Ok(Inline::Pending(Box::new(InlineEcho))),
+            "inline-later" => inline_later(call),
+            "inline-input-panic" => Ok(Inline::Pending(Box::new(InputPanic))),
+            _ => self.handle(call).map(|()| Inline::Done),
         }
     }
 
@@ -254,13 +279,88 @@ fn push(host: Host, call: &Call<'_>) -> Result<(), Failure> {
     Ok(call.channel().write(stream::MAIN, report.as_bytes())?)
 }
 
+/// `inline-echo`: echoes on the connection's task.
+struct InlineEcho;
+
+impl PendingCall for InlineEcho {
+    fn on_input(&mut self, ch: Channel) -> Result<Progress, Failure> {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match ch.read(&mut buf, Some(Duration::ZERO)) {
+                Ok(Input::Data { stream, len }) => ch.write(stream, &buf[..len])?,
+                Ok(Input::Eof {
+                    stream: stream::MAIN,
+                }) => {
+                    ch.write_eof(stream::MAIN)?;
+                    return Ok(Progress::Done);
+                }
+                Ok(Input::Eof { .. }) => {}
+                Err(ChannelError::Timeout) => return Ok(Progress::Pending),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// `inline-later [MS]`: finished by a thread of its own.
+fn inline_later(call: &Call<'_>) -> Result<Inline, Failure> {
+    let args = call.str_args()?;
+    let ms: u64 = match args.as_slice() {
+        [] => 0,
+        [ms] => ms
+            .parse()
+            .map_err(|_| Failure::bad_request("usage: inline-later [MS]"))?,
+        _ => return Err(Failure::bad_request("usage: inline-later [MS]")),
+    };
+    let ch = call.channel();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < deadline && !ch.is_cancelled() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Off the connection's task this write may wait for credit.
+        let result = ch.write(stream::MAIN, b"later\n").map_err(Failure::from);
+        ch.finish(result);
+    });
+    Ok(Inline::Pending(Box::new(IgnoreInput)))
+}
+
+/// Reads and drops input; the call is ended by someone else.
+struct IgnoreInput;
+
+impl PendingCall for IgnoreInput {
+    fn on_input(&mut self, ch: Channel) -> Result<Progress, Failure> {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match ch.read(&mut buf, Some(Duration::ZERO)) {
+                Ok(_) => {}
+                Err(ChannelError::Timeout) => return Ok(Progress::Pending),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// `inline-input-panic`.
+struct InputPanic;
+
+impl PendingCall for InputPanic {
+    fn on_input(&mut self, _ch: Channel) -> Result<Progress, Failure> {
+        panic!("testkit was asked to panic in on_input");
+    }
+}
+
 sockd_plugin::export_plugin!(
     name: "testkit",
     version: env!("CARGO_PKG_VERSION"),
     commands: [
         "echo", "panic", "sleep", "flood", "whoami", "whoami-blocking", "subscribe", "push",
-        "config", "inline-probe", "inline-panic",
+        "config", "inline-probe", "inline-panic", "inline-echo", "inline-later",
+        "inline-input-panic",
     ],
-    inline: ["whoami", "inline-probe", "inline-panic"],
+    inline: [
+        "whoami", "inline-probe", "inline-panic", "inline-echo", "inline-later",
+        "inline-input-panic",
+    ],
     plugin: Testkit,
 );
