@@ -139,53 +139,6 @@ fn cpu_micros(pid: u32) -> Result<u64, String> {
     Ok(ticks * 1_000_000 / hz)
 }
 
-/// Like [`rate`], also returning the daemon's CPU microseconds per operation.
-async fn rate_with_cpu<F, Fut>(
-    seconds: u64,
-    concurrency: usize,
-    pid: Option<u32>,
-    f: F,
-) -> Result<(f64, Option<f64>), String>
-where
-    F: Fn() -> Fut + Send + Sync + 'static + Clone,
-    Fut: std::future::Future<Output = Result<(), String>> + Send,
-{
-    let before = pid.map(cpu_micros).transpose()?;
-    let start = Instant::now();
-    let per_sec = rate(seconds, concurrency, f).await?;
-    let ops = per_sec * start.elapsed().as_secs_f64();
-    let after = pid.map(cpu_micros).transpose()?;
-    let cpu = before.zip(after).map(|(b, a)| (a - b) as f64 / ops);
-    Ok((per_sec, cpu))
-}
-
-/// Runs `f` from `concurrency` tasks for `seconds`; returns operations/s.
-async fn rate<F, Fut>(seconds: u64, concurrency: usize, f: F) -> Result<f64, String>
-where
-    F: Fn() -> Fut + Send + Sync + 'static + Clone,
-    Fut: std::future::Future<Output = Result<(), String>> + Send,
-{
-    let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let f = f.clone();
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                f().await?;
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok::<_, String>(())
-        }));
-    }
-    let start = Instant::now();
-    for t in tasks {
-        t.await.map_err(|e| e.to_string())??;
-    }
-    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
-}
-
 async fn bare_tls(settings: &Settings) -> Result<(), String> {
     let tls =
         sockctl::client::client_config(&settings.trust).map_err(|e| e.message().to_string())?;
@@ -213,25 +166,26 @@ async fn logins(
     pid: Option<u32>,
 ) -> Result<(), String> {
     let s = settings.clone();
-    let (tls, tls_cpu) = rate_with_cpu(seconds, concurrency, pid, move || {
+    let bare: Op = Arc::new(move || {
         let s = s.clone();
-        async move { bare_tls(&s).await }
-    })
-    .await?;
+        Box::pin(async move { bare_tls(&s).await })
+    });
     let s = settings.clone();
-    let (login, login_cpu) = rate_with_cpu(seconds, concurrency, pid, move || {
+    let login: Op = Arc::new(move || {
         let s = s.clone();
-        async move {
+        Box::pin(async move {
             let client = Client::connect(&s)
                 .await
                 .map_err(|e| e.message().to_string())?;
             client.close().await;
             Ok(())
-        }
-    })
-    .await?;
+        })
+    });
+    // Interleaved, so that both see the same machine.
+    let rates = interleaved(seconds, concurrency, &[bare, login], pid).await?;
+    let [(tls, tls_cpu), (login, login_cpu)] = [rates[0], rates[1]];
     println!(
-        "bare TLS 1.3 handshakes: {tls:>8.0}/s  ({concurrency} concurrent, {seconds} s; client and daemon share the machine)"
+        "bare TLS 1.3 handshakes: {tls:>8.0}/s  ({concurrency} concurrent, {seconds} s each, interleaved; client and daemon share the machine)"
     );
     println!("TLS + HELLO + login:     {login:>8.0}/s");
     println!(
