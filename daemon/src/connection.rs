@@ -296,10 +296,16 @@ async fn run_session(
     let mut channels = OpenChannels::default();
     // Fixed for the session, like its user: computed once, not per call.
     let home = config.server.home_root().join(&*session.user);
-    let mut kicked = session.kicked();
+    let mut kick = session.kicked();
     let mut going_away = false;
     let mut writer_done = false;
-    let mut idle_deadline = Instant::now() + idle;
+    // The waits that outlive a frame are made once, not per loop: each
+    // new one would register with its watch or timer wheel again.
+    let kicked = kick.changed();
+    let stopping = shutdown.recv();
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(kicked, stopping, idle_timer);
+    let mut last_frame = Instant::now();
     let fatal = |code: ErrorCode, message: String| {
         tracing::info!(%peer, session = session.id, code = code.slug(), "closing session: {message}");
         let _ = out_tx.send(Message::Error { code, message });
@@ -312,7 +318,7 @@ async fn run_session(
         tokio::select! {
             () = backlog.wait_for_room(), if backlog_full => {}
             frame = stream.next(), if !backlog_full => {
-                idle_deadline = Instant::now() + idle;
+                last_frame = Instant::now();
                 let message = match frame {
                     None => {
                         peer_closed.store(true, Ordering::Relaxed);
@@ -431,19 +437,24 @@ async fn run_session(
                 writer_done = true;
                 break;
             }
-            _ = tokio::time::sleep_until(idle_deadline) => {
+            () = &mut idle_timer => {
+                let now = Instant::now();
+                if last_frame + idle > now {
+                    idle_timer.as_mut().reset(last_frame + idle);
+                    continue;
+                }
                 forget_closed(&mut channels, &mut closed_rx);
                 if channels.is_empty() {
                     fatal(ErrorCode::IdleTimeout, format!("no activity for {} s", idle.as_secs()));
                     break;
                 }
-                idle_deadline = Instant::now() + idle;
+                idle_timer.as_mut().reset(now + idle);
             }
-            _ = kicked.changed() => {
+            _ = &mut kicked => {
                 fatal(ErrorCode::Kicked, "session closed by an administrator".into());
                 break;
             }
-            _ = shutdown.recv(), if !going_away => {
+            () = &mut stopping, if !going_away => {
                 going_away = true;
                 let _ = out_tx.send(Message::GoAway { code: ErrorCode::ShuttingDown, message: "the server is shutting down".into() });
                 forget_closed(&mut channels, &mut closed_rx);
@@ -463,9 +474,11 @@ async fn run_session(
     // Let queued frames (a final ERROR or GOAWAY) reach the client. The
     // writer ends once every channel's plugin thread has dropped its sender;
     // cancelled channels make that prompt, and a stuck plugin cannot hold
-    // the connection open past this bound.
-    if !writer_done
-        && tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer)
+    // the connection open past this bound. A client that closed first
+    // reads nothing more: no need to wait.
+    let wait = !writer_done && !peer_closed.load(Ordering::Relaxed);
+    if !wait
+        || tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer)
             .await
             .is_err()
     {

@@ -696,3 +696,51 @@ fn dev_mode_with_a_relative_directory() {
     assert_eq!(status.code(), 0, "{}", status.stderr_text());
     assert_eq!(ping.code(), 0, "{}", ping.stderr_text());
 }
+
+/// A session with no open channel and no frame for `idle_timeout_secs` is
+/// closed with `idle_timeout`; one that keeps pinging stays open well past
+/// that.
+#[test]
+fn idle_sessions_are_closed_and_activity_keeps_them_open() {
+    let config = TEST_CONFIG.replace(
+        "shutdown_grace_secs = 10",
+        "shutdown_grace_secs = 10\nidle_timeout_secs = 1",
+    );
+    let d = Daemon::start_with(sockd_e2e::Options {
+        config: Some(config),
+        ..Default::default()
+    });
+    rt().block_on(async {
+        let secret = demo_secret(d.dir.path());
+        let mut quiet = RawClient::connect_hello(d.addr).await;
+        let mut busy = RawClient::connect_hello(d.addr).await;
+        for c in [&mut quiet, &mut busy] {
+            assert!(matches!(
+                c.login("demo", &secret).await,
+                Some(Message::AuthOk { .. })
+            ));
+        }
+        let idle_out = async {
+            match tokio::time::timeout(Duration::from_secs(20), quiet.recv()).await {
+                Ok(Some(Message::Error { code, .. })) => assert_eq!(code, ErrorCode::IdleTimeout),
+                other => panic!("expected ERROR idle_timeout, got {other:?}"),
+            }
+            assert!(quiet.recv().await.is_none(), "closed after the ERROR");
+        };
+        let keep_busy = async {
+            // Three idle periods' worth of pings, one every 300 ms.
+            for i in 0..10u8 {
+                busy.send(Message::Ping {
+                    payload: vec![i].into(),
+                })
+                .await;
+                match busy.recv().await {
+                    Some(Message::Pong { payload }) => assert_eq!(&payload[..], &[i]),
+                    other => panic!("ping {i}: expected PONG, got {other:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        };
+        tokio::join!(idle_out, keep_busy);
+    });
+}
