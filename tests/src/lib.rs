@@ -207,6 +207,22 @@ impl Daemon {
         child.wait_with_output().expect("sockctl output")
     }
 
+    /// `sockctl user add NAME --password-stdin` fed `password`, with the
+    /// fewest PBKDF2 iterations sockctl accepts (10,000), to keep it quick.
+    pub fn add_password_user(&self, name: &str, password: &str) -> Output {
+        self.run_with_input(
+            &[
+                "user",
+                "add",
+                name,
+                "--password-stdin",
+                "--iterations",
+                "10000",
+            ],
+            format!("{password}\n").as_bytes(),
+        )
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal sockd");
     }

@@ -105,6 +105,18 @@ impl Challenge {
     }
 }
 
+/// The HELLO a raw test client sends.
+pub fn hello() -> Message {
+    Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        max_frame: DEFAULT_MAX_FRAME,
+        window: 1 << 20,
+        software: "raw-test".into(),
+        identity: String::new(),
+        capabilities: vec![],
+    })
+}
+
 impl RawClient {
     /// TLS connection without HELLO.
     pub async fn connect(addr: SocketAddr) -> RawClient {
@@ -123,15 +135,7 @@ impl RawClient {
     /// TLS plus the HELLO exchange.
     pub async fn connect_hello(addr: SocketAddr) -> RawClient {
         let mut c = Self::connect(addr).await;
-        c.send(Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            max_frame: DEFAULT_MAX_FRAME,
-            window: 1 << 20,
-            software: "raw-test".into(),
-            identity: String::new(),
-            capabilities: vec![],
-        }))
-        .await;
+        c.send(hello()).await;
         match c.recv().await {
             Some(Message::Hello(_)) => c,
             other => panic!("expected HELLO, got {other:?}"),

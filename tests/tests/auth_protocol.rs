@@ -12,9 +12,8 @@ use futures_util::SinkExt;
 use sockd_e2e::raw::{RawClient, demo_secret};
 use sockd_e2e::{Daemon, Options, OutputExt, TEST_CONFIG};
 use sockd_proto::auth::{self, AuthTranscript, ClientProof, REALM_LEN, Secret};
-use sockd_proto::frame::DEFAULT_MAX_FRAME;
 use sockd_proto::message::PROTOCOL_VERSION;
-use sockd_proto::{CredentialKind, ErrorCode, Hello, Message};
+use sockd_proto::{CredentialKind, ErrorCode, Message};
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
@@ -89,20 +88,12 @@ fn one_flight_proof(
 
 /// HELLO, AUTH_START (key) and AUTH_PROOF in one write, as sockctl does.
 async fn send_one_flight(c: &mut RawClient, user: &str, client_nonce: [u8; 32], proof: [u8; 32]) {
-    let hello = Message::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        max_frame: DEFAULT_MAX_FRAME,
-        window: 1 << 20,
-        software: "raw-test".into(),
-        identity: String::new(),
-        capabilities: vec![],
-    });
     let start = Message::AuthStart {
         user: user.into(),
         kind: CredentialKind::Key,
         client_nonce,
     };
-    for m in [hello, start, Message::AuthProof { proof }] {
+    for m in [sockd_e2e::raw::hello(), start, Message::AuthProof { proof }] {
         c.framed.feed(m.encode()).await.expect("queue");
     }
     SinkExt::<sockd_proto::Frame>::flush(&mut c.framed)
@@ -529,17 +520,7 @@ fn a_key_proof_for_another_realm_fails() {
 #[test]
 fn password_login_gets_its_own_challenge() {
     let d = Daemon::start();
-    let out = d.run_with_input(
-        &[
-            "user",
-            "add",
-            "alice",
-            "--password-stdin",
-            "--iterations",
-            "10000",
-        ],
-        b"pencil\n",
-    );
+    let out = d.add_password_user("alice", "pencil");
     assert_eq!(out.code(), 0, "{}", out.stderr_text());
     rt().block_on(async {
         let secret = Secret::Password("pencil".into());
@@ -605,17 +586,7 @@ fn a_replayed_one_flight_proof_fails_on_a_new_connection() {
 #[test]
 fn unknown_users_and_wrong_kinds_get_the_same_key_challenge() {
     let d = Daemon::start();
-    let out = d.run_with_input(
-        &[
-            "user",
-            "add",
-            "alice",
-            "--password-stdin",
-            "--iterations",
-            "10000",
-        ],
-        b"pencil\n",
-    );
+    let out = d.add_password_user("alice", "pencil");
     assert_eq!(out.code(), 0, "{}", out.stderr_text());
     rt().block_on(async {
         let mut answers = Vec::new();

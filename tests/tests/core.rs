@@ -59,17 +59,7 @@ fn ping_with_the_demo_key() {
 #[test]
 fn password_user_added_over_the_control_socket_can_log_in() {
     let d = Daemon::start();
-    let out = d.run_with_input(
-        &[
-            "user",
-            "add",
-            "alice",
-            "--password-stdin",
-            "--iterations",
-            "10000",
-        ],
-        b"correct horse\n",
-    );
+    let out = d.add_password_user("alice", "correct horse");
     assert_eq!(out.code(), 0, "user add: {}", out.stderr_text());
     let users = std::fs::read_to_string(d.path("state/users.toml")).unwrap();
     assert!(
@@ -92,17 +82,7 @@ fn password_user_added_over_the_control_socket_can_log_in() {
         .unwrap();
     assert_eq!(bad.code(), 5, "{}", bad.stderr_text());
 
-    let again = d.run_with_input(
-        &[
-            "user",
-            "add",
-            "alice",
-            "--password-stdin",
-            "--iterations",
-            "10000",
-        ],
-        b"x\n",
-    );
+    let again = d.add_password_user("alice", "x");
     assert_eq!(again.code(), 13, "exists: {}", again.stderr_text());
     assert!(
         again.stderr_text().contains("already exists"),
