@@ -223,6 +223,16 @@ impl Daemon {
         )
     }
 
+    /// `sockctl --user NAME --password ping` with `password` in
+    /// `SOCKCTL_PASSWORD`.
+    pub fn password_ping(&self, name: &str, password: &str) -> Output {
+        self.sockctl()
+            .args(["--user", name, "--password", "ping"])
+            .env("SOCKCTL_PASSWORD", password)
+            .output()
+            .expect("run sockctl")
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal sockd");
     }

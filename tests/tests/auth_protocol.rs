@@ -533,12 +533,7 @@ fn password_login_gets_its_own_challenge() {
         c.send(Message::AuthProof { proof }).await;
         assert!(matches!(c.recv().await, Some(Message::AuthOk { .. })));
     });
-    let ok = d
-        .sockctl()
-        .args(["--user", "alice", "--password", "ping"])
-        .env("SOCKCTL_PASSWORD", "pencil")
-        .output()
-        .expect("sockctl");
+    let ok = d.password_ping("alice", "pencil");
     assert_eq!(
         ok.status.code(),
         Some(0),

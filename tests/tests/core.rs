@@ -67,19 +67,9 @@ fn password_user_added_over_the_control_socket_can_log_in() {
         "no secret stored:\n{users}"
     );
 
-    let ok = d
-        .sockctl()
-        .args(["--user", "alice", "--password", "ping"])
-        .env("SOCKCTL_PASSWORD", "correct horse")
-        .output()
-        .unwrap();
+    let ok = d.password_ping("alice", "correct horse");
     assert_eq!(ok.code(), 0, "password login: {}", ok.stderr_text());
-    let bad = d
-        .sockctl()
-        .args(["--user", "alice", "--password", "ping"])
-        .env("SOCKCTL_PASSWORD", "wrong horse")
-        .output()
-        .unwrap();
+    let bad = d.password_ping("alice", "wrong horse");
     assert_eq!(bad.code(), 5, "{}", bad.stderr_text());
 
     let again = d.add_password_user("alice", "x");
@@ -573,12 +563,7 @@ fn key_users_from_before_realms_are_reported_and_replaced() {
             && log.contains("sockctl user add erin --replace --key-file NEW.key"),
         "{log}"
     );
-    let fred = d
-        .sockctl()
-        .args(["--user", "fred", "--password", "ping"])
-        .env("SOCKCTL_PASSWORD", "pencil")
-        .output()
-        .unwrap();
+    let fred = d.password_ping("fred", "pencil");
     assert_eq!(fred.code(), 0, "{}", fred.stderr_text());
 
     let new_key = d.path("erin-new.key");

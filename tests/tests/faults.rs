@@ -605,14 +605,7 @@ impl Rig {
     }
 
     fn logs_in(&self, name: &str, password: &str) -> bool {
-        self.d
-            .sockctl()
-            .env("SOCKCTL_PASSWORD", password)
-            .args(["--user", name, "--password", "ping"])
-            .output()
-            .expect("run sockctl")
-            .status
-            .success()
+        self.d.password_ping(name, password).status.success()
     }
 
     /// One `user add`, `user add --replace` (a new password) or `user del`
