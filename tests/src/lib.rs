@@ -233,6 +233,12 @@ impl Daemon {
             .expect("run sockctl")
     }
 
+    /// `sockctl --user NAME --key-file KEY ping`.
+    pub fn key_ping(&self, name: &str, key: &std::path::Path) -> Output {
+        let key = key.to_str().expect("UTF-8 key path");
+        self.run(&["--user", name, "--key-file", key, "ping"])
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal sockd");
     }

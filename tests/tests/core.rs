@@ -124,7 +124,7 @@ fn key_file_user_and_cli_overrides() {
         "{}",
         out.stderr_text()
     );
-    let out = d.run(&["--user", "bob", "--key-file", key.to_str().unwrap(), "ping"]);
+    let out = d.key_ping("bob", &key);
     assert_eq!(out.code(), 0, "{}", out.stderr_text());
     let list = d.run(&["user", "list", "--json"]);
     let users: serde_json::Value = serde_json::from_str(&list.stdout_text()).unwrap();
@@ -143,13 +143,7 @@ fn wrong_key_and_unknown_user_give_the_same_error() {
     let wrong = d.path("wrong.key");
     write_key(&wrong, [9; 32]);
     let a = d.run(&["--key-file", wrong.to_str().unwrap(), "ping"]);
-    let b = d.run(&[
-        "--user",
-        "mallory",
-        "--key-file",
-        wrong.to_str().unwrap(),
-        "ping",
-    ]);
+    let b = d.key_ping("mallory", &wrong);
     assert_eq!(a.code(), 5);
     assert_eq!(b.code(), 5);
     assert_eq!(a.stderr_text(), b.stderr_text(), "indistinguishable");
@@ -331,17 +325,7 @@ fn sighup_adds_a_user_without_dropping_a_live_session() {
         let key_path = d.path("erin.key");
         write_key(&key_path, key);
         d.signal(nix::sys::signal::Signal::SIGHUP);
-        let erin = || {
-            d.run(&[
-                "--user",
-                "erin",
-                "--key-file",
-                key_path.to_str().unwrap(),
-                "ping",
-            ])
-            .code()
-                == 0
-        };
+        let erin = || d.key_ping("erin", &key_path).code() == 0;
         assert!(
             wait_until(Duration::from_secs(20), erin),
             "erin can log in after SIGHUP"
@@ -534,24 +518,10 @@ fn key_users_from_before_realms_are_reported_and_replaced() {
         0,
         "the dev demo user is re-derived"
     );
-    let erin = || {
-        d.run(&[
-            "--user",
-            "erin",
-            "--key-file",
-            key_path.to_str().unwrap(),
-            "ping",
-        ])
-    };
+    let erin = || d.key_ping("erin", &key_path);
     let refused = erin();
     assert_eq!(refused.code(), 5, "{}", refused.stderr_text());
-    let wrong = d.run(&[
-        "--user",
-        "nobody",
-        "--key-file",
-        key_path.to_str().unwrap(),
-        "ping",
-    ]);
+    let wrong = d.key_ping("nobody", &key_path);
     assert_eq!(
         refused.stderr_text(),
         wrong.stderr_text(),
@@ -576,13 +546,7 @@ fn key_users_from_before_realms_are_reported_and_replaced() {
         "--replace",
     ]);
     assert_eq!(added.code(), 0, "{}", added.stderr_text());
-    let ok = d.run(&[
-        "--user",
-        "erin",
-        "--key-file",
-        new_key.to_str().unwrap(),
-        "ping",
-    ]);
+    let ok = d.key_ping("erin", &new_key);
     assert_eq!(ok.code(), 0, "{}", ok.stderr_text());
     assert!(!realm_of(&d).is_empty());
 }
