@@ -11,7 +11,7 @@
 # The load generator is bench/chat-load (one process, many connections).
 #
 # Usage: bench/chat.sh            (defaults below; override with the env)
-#   ONE2ONE=100000 FANOUT=5000 MEMBERS=100 SAMPLES=2000 IDLE=1000
+#   ONE2ONE=100000 FANOUT=5000 MEMBERS=100 SAMPLES=10000 IDLE=1000
 #   SYNC=full|normal|off   sockd's [plugins.chat] synchronous (default full)
 #   TESTS="one2one fanout latency"   which measurements to run (default all)
 #   BIN=DIR                use the binaries in DIR (sockd, sockctl,
@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 ONE2ONE=${ONE2ONE:-100000}
 FANOUT=${FANOUT:-5000}
 MEMBERS=${MEMBERS:-100}
-SAMPLES=${SAMPLES:-2000}
+SAMPLES=${SAMPLES:-10000}
 IDLE=${IDLE:-1000}
 SYNC=${SYNC:-full}
 TESTS=${TESTS:-one2one fanout latency}

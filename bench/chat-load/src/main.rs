@@ -32,14 +32,26 @@ fn now_ns(start: Instant) -> u64 {
     start.elapsed().as_nanos() as u64
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let result = match args.get(1).map(String::as_str) {
-        Some("sockd") if args.len() >= 5 => sockd_main(&args[2..]).await,
-        Some("mqtt") if args.len() >= 5 => mqtt_main(&args[2..]).await,
-        _ => Err("usage: chat-load sockd CLIENT_TOML KEY_DIR TEST ARGS... | mqtt HOST:PORT tls|plain TEST ARGS...".into()),
-    };
+    // Latency is measured one message at a time: a one-thread client adds
+    // no cross-thread wake-ups of its own to either server's figures. The
+    // throughput tests spread their receivers over both cores.
+    let runtime = if args.get(4).map(String::as_str) == Some("latency") {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match args.get(1).map(String::as_str) {
+            Some("sockd") if args.len() >= 5 => sockd_main(&args[2..]).await,
+            Some("mqtt") if args.len() >= 5 => mqtt_main(&args[2..]).await,
+            _ => Err("usage: chat-load sockd CLIENT_TOML KEY_DIR TEST ARGS... | mqtt HOST:PORT tls|plain TEST ARGS...".into()),
+        }
+    });
     if let Err(e) = result {
         eprintln!("chat-load: {e}");
         std::process::exit(1);
@@ -277,9 +289,14 @@ async fn sockd_main(args: &[String]) -> Result<(), Error> {
                 let sent = now_ns(start);
                 tx.send(stream::MAIN, format!("{sent}\n").into_bytes())
                     .await?;
-                let mut got = 0;
-                receive(&mut rx, 1, |text| got = text.parse().unwrap_or(0)).await?;
-                samples.push((now_ns(start) - got) as f64 / 1e6);
+                // Timed on arrival, before the acknowledgement goes out.
+                let mut latency = f64::NAN;
+                receive(&mut rx, 1, |text| {
+                    let sent: u64 = text.parse().unwrap_or(0);
+                    latency = (now_ns(start) - sent) as f64 / 1e6;
+                })
+                .await?;
+                samples.push(latency);
             }
             tx.send_eof(stream::MAIN).await?;
             drained.await??;
