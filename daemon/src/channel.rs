@@ -28,7 +28,8 @@ use bytes::Bytes;
 use sockd_proto::{ErrorCode, Message};
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -150,6 +151,11 @@ pub struct Channel {
     /// Process-wide handle given to plugins.
     pub handle: u64,
     pub owner: Owner,
+    /// The command it was opened with (`sockctl sessions` lists them).
+    pub command: Box<str>,
+    /// `State::finished`, readable without the lock: the connection
+    /// frees finished channels' numbers by it.
+    finished: AtomicBool,
     out: Outbound,
     window: u64,
     max_chunk: usize,
@@ -170,6 +176,7 @@ impl Channel {
     pub fn new(
         wire_id: u32,
         owner: Owner,
+        command: Box<str>,
         out: Outbound,
         window: u32,
         send_credit: u32,
@@ -180,6 +187,8 @@ impl Channel {
             wire_id,
             handle: NEXT.fetch_add(1, Ordering::Relaxed),
             owner,
+            command,
+            finished: AtomicBool::new(false),
             out,
             window: window.into(),
             max_chunk,
@@ -388,7 +397,7 @@ impl Channel {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.lock().finished
+        self.finished.load(Ordering::Acquire)
     }
 
     // ---- plugin side: may block ----
@@ -594,6 +603,7 @@ impl Channel {
             return;
         }
         s.finished = true;
+        self.finished.store(true, Ordering::Release);
         let subscribed = s.subscribed;
         let text = if s.result_message.is_empty() {
             message.to_string()
@@ -628,6 +638,31 @@ impl Channel {
 /// so one lock for all connections would be a point of contention.
 const SHARDS: usize = 16;
 
+/// Channels by handle. Handles are sequential numbers the daemon assigns,
+/// so a multiplicative hash spreads them well and no peer can choose them
+/// to collide: SipHash's protection is not needed on every call.
+type ByHandle = HashMap<u64, Arc<Channel>, BuildHasherDefault<HandleHasher>>;
+
+#[derive(Default)]
+struct HandleHasher(u64);
+
+impl Hasher for HandleHasher {
+    fn finish(&self) -> u64 {
+        // Fibonacci hashing: the high bits (hashbrown's tag) vary too.
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// Subscribed channels by plugin, then user.
 type Subscribers = HashMap<Arc<str>, HashMap<Arc<str>, Vec<Arc<Channel>>>>;
 
@@ -635,7 +670,7 @@ type Subscribers = HashMap<Arc<str>, HashMap<Arc<str>, Vec<Arc<Channel>>>>;
 /// ones by plugin and user, so that a push looks at its recipient's
 /// channels only, however many other sessions listen.
 pub struct ChannelTable {
-    shards: [RwLock<HashMap<u64, Arc<Channel>>>; SHARDS],
+    shards: [RwLock<ByHandle>; SHARDS],
     subscribers: RwLock<Subscribers>,
 }
 
@@ -643,12 +678,12 @@ impl ChannelTable {
     pub fn global() -> &'static ChannelTable {
         static TABLE: OnceLock<ChannelTable> = OnceLock::new();
         TABLE.get_or_init(|| ChannelTable {
-            shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
+            shards: std::array::from_fn(|_| RwLock::new(ByHandle::default())),
             subscribers: RwLock::default(),
         })
     }
 
-    fn shard(&self, handle: u64) -> &RwLock<HashMap<u64, Arc<Channel>>> {
+    fn shard(&self, handle: u64) -> &RwLock<ByHandle> {
         // Handles are sequential, so the low bits spread them evenly.
         &self.shards[(handle % SHARDS as u64) as usize]
     }
@@ -673,6 +708,22 @@ impl ChannelTable {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&handle);
+    }
+
+    /// The commands of `session_id`'s unfinished channels, sorted.
+    pub fn commands_of(&self, session_id: u64) -> Vec<String> {
+        let mut commands = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(|p| p.into_inner());
+            commands.extend(
+                shard
+                    .values()
+                    .filter(|c| c.owner.session_id == session_id)
+                    .map(|c| c.command.to_string()),
+            );
+        }
+        commands.sort();
+        commands
     }
 
     /// Makes `channel` a target of pushes to its user by its plugin, until
@@ -735,7 +786,10 @@ mod tests {
             user: "u".into(),
             plugin: "p".into(),
         };
-        (Channel::new(1, owner, tx, window, credit, 4), rx)
+        (
+            Channel::new(1, owner, "test".into(), tx, window, credit, 4),
+            rx,
+        )
     }
 
     #[test]

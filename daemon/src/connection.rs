@@ -13,7 +13,7 @@ use crate::server::Shared;
 use crate::session::{Session, Sessions};
 use crate::shutdown::Shutdown;
 use bytes::BytesMut;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use sockd_proto::auth::{CHANNEL_BINDING_LABEL, CHANNEL_BINDING_LEN};
 use sockd_proto::frame::{FrameError, MIN_MAX_FRAME};
 use sockd_proto::message::PROTOCOL_VERSION;
@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::{Encoder, Framed, FramedRead};
@@ -88,9 +88,7 @@ impl Link {
 
     /// True if a whole frame is already in the read buffer.
     fn frame_buffered(&self) -> bool {
-        let buf = self.framed.read_buffer();
-        buf.len() >= 4
-            && buf.len() >= 4 + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
+        whole_frame(self.framed.read_buffer())
     }
 
     /// Sends a fatal ERROR and returns the violation to end the connection with.
@@ -115,6 +113,11 @@ impl Link {
         )
         .await
     }
+}
+
+/// True if `buf` starts with a whole frame.
+fn whole_frame(buf: &[u8]) -> bool {
+    buf.len() >= 4 && buf.len() >= 4 + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
 }
 
 /// Serves one accepted TCP connection to the end.
@@ -193,7 +196,9 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
         }
     };
 
-    let session = Sessions::global().register(&authenticated.user, peer);
+    // Fixed for the session, like its user: computed once, not per call.
+    let home = config.server.home_root().join(&authenticated.user);
+    let session = Sessions::global().register(&authenticated.user, peer, home);
     let ok = Message::AuthOk {
         server_signature: authenticated.server_signature,
         session_id: session.id,
@@ -266,13 +271,13 @@ async fn run_session(
     *stream.read_buffer_mut() = parts.read_buf;
     let (out_tx, out_rx) = crate::outbound::channel();
     let backlog = out_tx.backlog().clone();
-    let (closed_tx, mut closed_rx) = mpsc::unbounded_channel::<u32>();
+    let closing = Arc::new(Closing::default());
     let peer_closed = Arc::new(AtomicBool::new(false));
 
-    // The writer batches whatever is queued into one flush. When a
-    // channel's CLOSE has gone out it ends the operation and queues the
-    // channel number for the reader, which frees it before it reads the
-    // next frame: no wake-up of the reader per finished call.
+    // The writer batches whatever is queued into one flush. A finished
+    // channel's number is freed by the reader when it next needs a number
+    // (OPEN), without a message per call; only a reader that waits for the
+    // last channels to end (shutdown) is woken by the CLOSEs.
     let mut writer = tokio::spawn(crate::outbound::write_loop(
         write_half,
         parts.codec,
@@ -280,11 +285,8 @@ async fn run_session(
         out_rx,
         backlog.clone(),
         {
-            let session = session.clone();
-            move |id| {
-                session.close_operation(id);
-                let _ = closed_tx.send(id);
-            }
+            let closing = closing.clone();
+            move |_| closing.closed()
         },
         peer_closed.clone(),
     ));
@@ -294,8 +296,6 @@ async fn run_session(
     let window = config.server.window;
     let max_channels = config.server.max_channels_per_connection;
     let mut channels = OpenChannels::default();
-    // Fixed for the session, like its user: computed once, not per call.
-    let home = config.server.home_root().join(&*session.user);
     let mut kick = session.kicked();
     let mut going_away = false;
     let mut writer_done = false;
@@ -311,7 +311,7 @@ async fn run_session(
         let _ = out_tx.send(Message::Error { code, message });
     };
 
-    loop {
+    'session: loop {
         // While the client leaves our frames unread, read none of its own:
         // what it asks for would only queue up here (see crate::outbound).
         let backlog_full = backlog.is_full();
@@ -319,114 +319,122 @@ async fn run_session(
             () = backlog.wait_for_room(), if backlog_full => {}
             frame = stream.next(), if !backlog_full => {
                 last_frame = Instant::now();
-                let message = match frame {
-                    None => {
-                        peer_closed.store(true, Ordering::Relaxed);
+                // Frames that came in the same read (OPEN and EOF of a call,
+                // a pipelining client's requests) are handled here, not one
+                // pass of this select each.
+                let mut read = Some(frame);
+                loop {
+                    let Some(frame) = read.take().or_else(|| {
+                        (!backlog.is_full() && whole_frame(stream.read_buffer()))
+                            .then(|| stream.next().now_or_never())
+                            .flatten()
+                    }) else {
                         break;
-                    }
-                    Some(Err(FrameError::Io(e))) => {
-                        tracing::debug!(%peer, "read error: {e}");
-                        peer_closed.store(true, Ordering::Relaxed);
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        let code = if matches!(e, FrameError::TooLarge { .. }) { ErrorCode::FrameTooLarge } else { ErrorCode::Protocol };
-                        fatal(code, e.to_string());
-                        break;
-                    }
-                    Some(Ok(frame)) => match Message::decode(frame) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            fatal(ErrorCode::Protocol, e.to_string());
-                            break;
+                    };
+                    let message = match frame {
+                        None => {
+                            peer_closed.store(true, Ordering::Relaxed);
+                            break 'session;
                         }
-                    },
-                };
-                // CLOSEs already written free their channel numbers before
-                // the client can reuse one.
-                forget_closed(&mut channels, &mut closed_rx);
-                if going_away && channels.is_empty() {
-                    break;
-                }
-                match message {
-                    Message::Ping { payload } => {
-                        let _ = out_tx.send(Message::Pong { payload });
-                    }
-                    Message::Pong { .. } => {}
-                    Message::Open { channel: id, command, args } => {
-                        if channels.get(id).is_some() {
-                            fatal(ErrorCode::Protocol, format!("channel {id} is already open"));
-                            break;
+                        Some(Err(FrameError::Io(e))) => {
+                            tracing::debug!(%peer, "read error: {e}");
+                            peer_closed.store(true, Ordering::Relaxed);
+                            break 'session;
                         }
-                        let refuse = |code: ErrorCode, message: String| {
-                            let _ = out_tx.send(Message::Close { channel: id, code, value: 0, message });
-                        };
-                        if going_away {
-                            refuse(ErrorCode::ShuttingDown, "the server is shutting down".into());
-                            continue;
+                        Some(Err(e)) => {
+                            let code = if matches!(e, FrameError::TooLarge { .. }) { ErrorCode::FrameTooLarge } else { ErrorCode::Protocol };
+                            fatal(code, e.to_string());
+                            break 'session;
                         }
-                        if channels.len() >= max_channels {
-                            refuse(ErrorCode::Busy, format!("too many open channels on this connection (maximum {max_channels})"));
-                            continue;
+                        Some(Ok(frame)) => match Message::decode(frame) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                fatal(ErrorCode::Protocol, e.to_string());
+                                break 'session;
+                            }
+                        },
+                    };
+                    match message {
+                        Message::Ping { payload } => {
+                            let _ = out_tx.send(Message::Pong { payload });
                         }
-                        // Unknown, quarantined or stopping: refused before
-                        // a channel is made.
-                        let call = match shared.plugins().prepare_call(&command) {
-                            Ok(call) => call,
-                            Err((code, message)) => {
-                                refuse(code, message);
+                        Message::Pong { .. } => {}
+                        Message::Open { channel: id, command, args } => {
+                            // Finished channels free their numbers (their CLOSE is
+                            // queued ahead of anything this one sends).
+                            channels.forget_finished();
+                            if channels.get(id).is_some() {
+                                fatal(ErrorCode::Protocol, format!("channel {id} is already open"));
+                                break 'session;
+                            }
+                            let refuse = |code: ErrorCode, message: String| {
+                                let _ = out_tx.send(Message::Close { channel: id, code, value: 0, message });
+                            };
+                            if going_away {
+                                refuse(ErrorCode::ShuttingDown, "the server is shutting down".into());
                                 continue;
                             }
-                        };
-                        let owner = Owner { session_id: session.id, user: session.user.clone(), plugin: call.plugin() };
-                        let channel = Channel::new(id, owner, out_tx.clone(), window, client.window, max_chunk);
-                        ChannelTable::global().insert(channel.clone());
-                        channels.insert(id, channel.clone());
-                        session.open_operation(id, &command);
-                        let request = CallRequest { channel: channel.clone(), session: session.clone(), home: home.clone(), command, args };
-                        if let Err((code, message)) = call.start(request) {
-                            channel.finish(code, &message);
+                            if channels.len() >= max_channels {
+                                refuse(ErrorCode::Busy, format!("too many open channels on this connection (maximum {max_channels})"));
+                                continue;
+                            }
+                            // Unknown, quarantined or stopping: refused before
+                            // a channel is made.
+                            let call = match shared.plugins().prepare_call(&command) {
+                                Ok(call) => call,
+                                Err((code, message)) => {
+                                    refuse(code, message);
+                                    continue;
+                                }
+                            };
+                            let owner = Owner { session_id: session.id, user: session.user.clone(), plugin: call.plugin() };
+                            let channel = Channel::new(id, owner, command.into_boxed_str(), out_tx.clone(), window, client.window, max_chunk);
+                            ChannelTable::global().insert(channel.clone());
+                            channels.insert(id, channel.clone());
+                            let request = CallRequest { channel: channel.clone(), session: session.clone(), args };
+                            if let Err((code, message)) = call.start(request) {
+                                channel.finish(code, &message);
+                            }
                         }
-                    }
-                    Message::Data { channel: id, stream, data } => {
-                        // Data for a channel that already closed is in flight; drop it.
-                        if let Some(ch) = channels.get(id)
-                            && let Err(v) = ch.on_data(stream, data)
-                        {
-                            fatal(ErrorCode::Protocol, format!("channel {id}: {} bytes sent with only {} credit", v.sent, v.allowed));
-                            break;
+                        Message::Data { channel: id, stream, data } => {
+                            // Data for a channel that already closed is in flight; drop it.
+                            if let Some(ch) = channels.get(id)
+                                && let Err(v) = ch.on_data(stream, data)
+                            {
+                                fatal(ErrorCode::Protocol, format!("channel {id}: {} bytes sent with only {} credit", v.sent, v.allowed));
+                                break 'session;
+                            }
                         }
-                    }
-                    Message::Eof { channel: id, stream } => {
-                        if let Some(ch) = channels.get(id) {
-                            ch.on_eof(stream);
+                        Message::Eof { channel: id, stream } => {
+                            if let Some(ch) = channels.get(id) {
+                                ch.on_eof(stream);
+                            }
                         }
-                    }
-                    Message::Credit { channel: id, bytes } => {
-                        if let Some(ch) = channels.get(id) {
-                            ch.on_credit(bytes);
+                        Message::Credit { channel: id, bytes } => {
+                            if let Some(ch) = channels.get(id) {
+                                ch.on_credit(bytes);
+                            }
                         }
-                    }
-                    Message::Close { channel: id, .. } => {
-                        if let Some(ch) = channels.get(id) {
-                            ch.cancel();
+                        Message::Close { channel: id, .. } => {
+                            if let Some(ch) = channels.get(id) {
+                                ch.cancel();
+                            }
                         }
-                    }
-                    Message::Error { code, message } => {
-                        tracing::info!(%peer, code = code.slug(), "client reported an error: {message}");
-                        break;
-                    }
-                    Message::GoAway { .. } => {}
-                    other => {
-                        let kind = other.encode().kind;
-                        fatal(ErrorCode::Protocol, format!("{kind:?} is not allowed after authentication"));
-                        break;
+                        Message::Error { code, message } => {
+                            tracing::info!(%peer, code = code.slug(), "client reported an error: {message}");
+                            break 'session;
+                        }
+                        Message::GoAway { .. } => {}
+                        other => {
+                            let kind = other.encode().kind;
+                            fatal(ErrorCode::Protocol, format!("{kind:?} is not allowed after authentication"));
+                            break 'session;
+                        }
                     }
                 }
             }
-            closed = closed_rx.recv(), if going_away => {
-                let Some(id) = closed else { break };
-                channels.remove(id);
+            () = closing.notify.notified(), if going_away => {
+                channels.forget_finished();
                 if channels.is_empty() {
                     break;
                 }
@@ -443,7 +451,7 @@ async fn run_session(
                     idle_timer.as_mut().reset(last_frame + idle);
                     continue;
                 }
-                forget_closed(&mut channels, &mut closed_rx);
+                channels.forget_finished();
                 if channels.is_empty() {
                     fatal(ErrorCode::IdleTimeout, format!("no activity for {} s", idle.as_secs()));
                     break;
@@ -456,8 +464,9 @@ async fn run_session(
             }
             () = &mut stopping, if !going_away => {
                 going_away = true;
+                closing.waiting.store(true, Ordering::SeqCst);
                 let _ = out_tx.send(Message::GoAway { code: ErrorCode::ShuttingDown, message: "the server is shutting down".into() });
-                forget_closed(&mut channels, &mut closed_rx);
+                channels.forget_finished();
                 if channels.is_empty() {
                     break;
                 }
@@ -486,10 +495,21 @@ async fn run_session(
     }
 }
 
-/// Frees the numbers of channels whose CLOSE the writer has sent.
-fn forget_closed(channels: &mut OpenChannels, closed: &mut mpsc::UnboundedReceiver<u32>) {
-    while let Ok(id) = closed.try_recv() {
-        channels.remove(id);
+/// How the writer tells a reader that waits for its last channels to end
+/// (shutdown) that a CLOSE went out; while none waits, nothing to do.
+#[derive(Default)]
+struct Closing {
+    waiting: AtomicBool,
+    notify: Notify,
+}
+
+impl Closing {
+    fn closed(&self) {
+        // The channel's finished flag was set before its CLOSE was queued:
+        // a reader that starts waiting after this load sees it.
+        if self.waiting.load(Ordering::SeqCst) {
+            self.notify.notify_one();
+        }
     }
 }
 
@@ -508,10 +528,11 @@ impl OpenChannels {
         self.0.push((id, channel));
     }
 
-    fn remove(&mut self, id: u32) {
-        if let Some(i) = self.0.iter().position(|(n, _)| *n == id) {
-            self.0.swap_remove(i);
-        }
+    /// Frees the numbers of finished channels: their CLOSE is queued, and
+    /// DATA the client sent before it saw the CLOSE finds no channel and is
+    /// dropped, as it would be by the finished channel.
+    fn forget_finished(&mut self) {
+        self.0.retain(|(_, ch)| !ch.is_finished());
     }
 
     fn len(&self) -> usize {

@@ -108,9 +108,12 @@ pub fn weight(message: &Message) -> u64 {
 }
 
 /// The sending side of a connection's writer queue: never blocks, counts
-/// what it queues.
+/// what it queues. Every channel holds a clone: one reference count to
+/// take per call (the queue ends when the last clone is dropped).
 #[derive(Clone)]
-pub struct Outbound {
+pub struct Outbound(Arc<OutboundInner>);
+
+struct OutboundInner {
     tx: mpsc::UnboundedSender<Message>,
     backlog: Arc<Backlog>,
 }
@@ -120,21 +123,21 @@ pub struct Outbound {
 pub fn channel() -> (Outbound, mpsc::UnboundedReceiver<Message>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let backlog = Arc::new(Backlog::default());
-    (Outbound { tx, backlog }, rx)
+    (Outbound(Arc::new(OutboundInner { tx, backlog })), rx)
 }
 
 impl Outbound {
     pub fn send(&self, message: Message) -> Result<(), mpsc::error::SendError<Message>> {
         let bytes = weight(&message);
-        self.backlog.add(bytes);
-        self.tx.send(message).inspect_err(|_| {
+        self.0.backlog.add(bytes);
+        self.0.tx.send(message).inspect_err(|_| {
             // Nobody will write it: the connection is over.
-            self.backlog.forget(bytes);
+            self.0.backlog.forget(bytes);
         })
     }
 
     pub fn backlog(&self) -> &Arc<Backlog> {
-        &self.backlog
+        &self.0.backlog
     }
 }
 

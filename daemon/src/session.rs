@@ -2,10 +2,12 @@
 //! what they are running. `sockctl sessions` lists them, `sockctl kick`
 //! ends one, and plugins ask whether a user is online.
 
+use crate::channel::ChannelTable;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
@@ -16,47 +18,21 @@ pub struct Session {
     /// `peer` as text, formatted once for every call that is told it.
     pub peer_text: Box<str>,
     pub since: SystemTime,
-    /// Open channels: wire id -> command.
-    operations: Mutex<HashMap<u32, String>>,
+    /// The user's home directory (state_dir/home/USER), told to every call.
+    pub home: PathBuf,
     kick: watch::Sender<bool>,
 }
 
 impl Session {
-    pub fn open_operation(&self, wire_id: u32, command: &str) {
-        self.operations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(wire_id, command.to_string());
-    }
-
-    pub fn close_operation(&self, wire_id: u32) {
-        self.operations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&wire_id);
-    }
-
-    pub fn active_operations(&self) -> usize {
-        self.operations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
-    }
-
     /// Resolves when an administrator kicks this session.
     pub fn kicked(&self) -> watch::Receiver<bool> {
         self.kick.subscribe()
     }
 
     pub fn info(&self) -> sockd_proto::control::SessionInfo {
-        let mut commands: Vec<String> = self
-            .operations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        commands.sort();
+        // Its operations are its channels: listed from the channel table
+        // here, rather than kept twice at the cost of every call.
+        let commands = ChannelTable::global().commands_of(self.id);
         sockd_proto::control::SessionInfo {
             id: self.id,
             user: self.user.to_string(),
@@ -89,7 +65,7 @@ impl Sessions {
         })
     }
 
-    pub fn register(&self, user: &str, peer: SocketAddr) -> Arc<Session> {
+    pub fn register(&self, user: &str, peer: SocketAddr, home: PathBuf) -> Arc<Session> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session {
             id,
@@ -97,7 +73,7 @@ impl Sessions {
             peer,
             peer_text: peer.to_string().into(),
             since: SystemTime::now(),
-            operations: Mutex::new(HashMap::new()),
+            home,
             kick: watch::channel(false).0,
         });
         self.map

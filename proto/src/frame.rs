@@ -247,9 +247,9 @@ impl Encoder<Frame> for FrameCodec {
     }
 }
 
-/// Writes a message straight into the output buffer. For DATA this copies
-/// the bytes once (into `dst`) instead of twice (into a [`Frame`], then
-/// into `dst`), which matters for bulk transfers.
+/// Writes a message straight into the output buffer, not through a
+/// [`Frame`] of its own: no buffer to allocate, grow and free per message,
+/// and DATA's bytes are copied once, which matters for bulk transfers.
 impl Encoder<crate::Message> for FrameCodec {
     type Error = FrameError;
 
@@ -260,7 +260,26 @@ impl Encoder<crate::Message> for FrameCodec {
             data,
         } = message
         else {
-            return self.encode(message.encode(), dst);
+            let start = dst.len();
+            // The header's length, channel and kind are filled in below.
+            dst.reserve(LENGTH_PREFIX + FRAME_OVERHEAD + 64);
+            dst.put_bytes(0, LENGTH_PREFIX + FRAME_OVERHEAD);
+            let mut w = crate::wire::Writer::resume(std::mem::take(dst));
+            let (channel, kind) = message.write_payload(&mut w);
+            *dst = w.into_inner();
+            let length = dst.len() - start - LENGTH_PREFIX;
+            if length > self.max_send as usize {
+                dst.truncate(start);
+                return Err(FrameError::TooLarge {
+                    length: u32::try_from(length).unwrap_or(u32::MAX),
+                    max: self.max_send,
+                });
+            }
+            let header = &mut dst[start..start + LENGTH_PREFIX + FRAME_OVERHEAD];
+            header[..4].copy_from_slice(&(length as u32).to_be_bytes());
+            header[4..8].copy_from_slice(&channel.to_be_bytes());
+            header[8] = kind as u8;
+            return Ok(());
         };
         let header = self.data_header(channel, stream, data.len())?;
         dst.reserve(DATA_HEADER + data.len());
@@ -355,6 +374,44 @@ mod tests {
             assert_eq!(got, messages, "cut at {cut}");
             assert!(buf.is_empty());
         }
+    }
+
+    #[test]
+    fn messages_encode_as_their_frames_do() {
+        let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
+        let messages = [
+            crate::Message::Pong {
+                payload: Bytes::from_static(b"12345678"),
+            },
+            crate::Message::Close {
+                channel: 7,
+                code: crate::ErrorCode::UnknownCommand,
+                value: -3,
+                message: "no plugin serves the command `x`".repeat(9),
+            },
+            crate::Message::Credit {
+                channel: 1,
+                bytes: 65536,
+            },
+        ];
+        let mut direct = BytesMut::from(&b"before"[..]);
+        let mut via_frames = direct.clone();
+        for m in messages {
+            codec.encode(m.encode(), &mut via_frames).unwrap();
+            codec.encode(m, &mut direct).unwrap();
+        }
+        assert_eq!(direct, via_frames);
+        // Too large for the peer: an error, and the buffer as it was.
+        codec.set_max_send(MIN_MAX_FRAME);
+        let long = crate::Message::Error {
+            code: crate::ErrorCode::Internal,
+            message: "x".repeat(MIN_MAX_FRAME as usize),
+        };
+        assert!(matches!(
+            codec.encode(long, &mut direct),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(direct, via_frames);
     }
 
     #[test]

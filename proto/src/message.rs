@@ -279,7 +279,18 @@ impl Message {
     /// Encodes the message as a frame.
     pub fn encode(&self) -> Frame {
         let mut w = Writer::new();
-        let (channel, kind) = match self {
+        let (channel, kind) = self.write_payload(&mut w);
+        Frame {
+            channel,
+            kind,
+            payload: w.finish(),
+        }
+    }
+
+    /// Appends the frame payload to `w`; returns the frame's channel and
+    /// kind. The frame encoder writes it straight into its output buffer.
+    pub(crate) fn write_payload(&self, w: &mut Writer) -> (u32, Kind) {
+        match self {
             Message::Hello(h) => {
                 w.u16(h.version)
                     .u32(h.max_frame)
@@ -379,11 +390,6 @@ impl Message {
                 w.u16(code.as_u16()).i64(*value).str(message);
                 (*channel, Kind::Close)
             }
-        };
-        Frame {
-            channel,
-            kind,
-            payload: w.finish(),
         }
     }
 }

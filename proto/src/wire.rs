@@ -195,6 +195,16 @@ impl Writer {
     pub fn finish(self) -> Bytes {
         self.buf.freeze()
     }
+
+    /// Writes on at the end of `buf`.
+    pub fn resume(buf: BytesMut) -> Self {
+        Writer { buf }
+    }
+
+    /// The buffer, with what was written appended.
+    pub fn into_inner(self) -> BytesMut {
+        self.buf
+    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,10 @@ enum What {
         /// The daemon's PID: also report its own CPU time per operation.
         #[arg(long)]
         pid: Option<u32>,
+        /// Run only this kind of connection (bare or login), for profiling
+        /// the daemon's side of one of them with `perf`.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Resident memory of the daemon per idle authenticated connection.
     Idle {
@@ -52,10 +56,11 @@ enum What {
         seconds: u64,
         #[arg(long, default_value_t = 1)]
         connections: usize,
-        /// A trivial command the plugin runs inline.
-        #[arg(long, default_value = "whoami")]
+        /// A trivial command the plugin runs inline (testkit `pong` writes
+        /// its argument back, as the daemon answers a PING).
+        #[arg(long, default_value = "pong")]
         command: String,
-        /// The same on the blocking path (a call thread); "" to skip.
+        /// A trivial command on the blocking path (a call thread); "" to skip.
         #[arg(long, default_value = "whoami-blocking")]
         blocking_command: String,
         /// A command no plugin serves: its refusal is a call's OPEN/CLOSE
@@ -94,7 +99,8 @@ async fn run(args: Args) -> Result<(), String> {
             seconds,
             concurrency,
             pid,
-        } => logins(&settings, seconds, concurrency, pid).await,
+            only,
+        } => logins(&settings, seconds, concurrency, pid, only.as_deref()).await,
         What::Idle { count, pid } => idle(&settings, count, pid).await,
         What::Calls {
             seconds,
@@ -164,6 +170,7 @@ async fn logins(
     seconds: u64,
     concurrency: usize,
     pid: Option<u32>,
+    only: Option<&str>,
 ) -> Result<(), String> {
     let s = settings.clone();
     let bare: Op = Arc::new(move || {
@@ -181,6 +188,19 @@ async fn logins(
             Ok(())
         })
     });
+    if let Some(only) = only {
+        let op = match only {
+            "bare" => bare,
+            "login" => login,
+            other => return Err(format!("--only {other}: not one of bare, login")),
+        };
+        let (rate, cpu) = interleaved(seconds, concurrency, &[op], pid).await?[0];
+        let cpu = cpu
+            .map(|c| format!("; daemon CPU {c:.1} us/connection"))
+            .unwrap_or_default();
+        println!("{only}: {rate:>8.0}/s{cpu}");
+        return Ok(());
+    }
     // Interleaved, so that both see the same machine.
     let rates = interleaved(seconds, concurrency, &[bare, login], pid).await?;
     let [(tls, tls_cpu), (login, login_cpu)] = [rates[0], rates[1]];
@@ -246,13 +266,19 @@ async fn idle(settings: &Arc<Settings>, count: usize, pid: u32) -> Result<(), St
 
 /// One call of `command` with no arguments and no input, to its CLOSE
 /// with the `expected` code.
+/// The argument of every benchmarked call.
+const PAYLOAD: u64 = 0x736f_636b_6265_6e63;
+
 async fn call_once(
     client: &Client,
     command: &str,
     expected: sockd_proto::ErrorCode,
 ) -> Result<(), String> {
+    // One 8-byte argument, as a ping carries an 8-byte payload: `pong`
+    // writes it back as the daemon answers a PING.
+    let payload = bytes::Bytes::copy_from_slice(&PAYLOAD.to_be_bytes());
     let mut ch = client
-        .open_without_input(command, Vec::<bytes::Bytes>::new())
+        .open_without_input(command, [payload])
         .await
         .map_err(|e| e.message().to_string())?;
     while let Some(event) = ch.recv().await {

@@ -353,7 +353,7 @@ mod tests {
             user: user.into(),
             plugin: plugin.into(),
         };
-        let ch = Channel::new(1, owner, tx, 1024, credit, 512);
+        let ch = Channel::new(1, owner, "test".into(), tx, 1024, credit, 512);
         ChannelTable::global().insert(ch.clone());
         (ch, rx)
     }
@@ -459,7 +459,11 @@ mod tests {
         let host = HostTable::leak("t-online");
         // SAFETY: host comes from HostTable::leak.
         let raw = unsafe { &*host.as_raw() };
-        let session = Sessions::global().register("dora-online", "127.0.0.1:9".parse().unwrap());
+        let session = Sessions::global().register(
+            "dora-online",
+            "127.0.0.1:9".parse().unwrap(),
+            "/nonexistent".into(),
+        );
         // SAFETY (test): all pointers are valid locals.
         unsafe {
             assert_eq!((raw.user_online)(b"dora-online".as_ptr(), 11), 1);

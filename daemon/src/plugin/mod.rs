@@ -51,9 +51,6 @@ const CALL_STACK: usize = 2 << 20;
 pub struct CallRequest {
     pub channel: Arc<Channel>,
     pub session: Arc<Session>,
-    /// The user's home directory (state_dir/home/USER).
-    pub home: PathBuf,
-    pub command: String,
     pub args: Vec<Bytes>,
 }
 
@@ -207,10 +204,31 @@ impl PluginHost {
         Ok(Arc::new(host))
     }
 
+    /// The plugin table, for any use that may change it: every thread's
+    /// copy of the routes is stale from now on (see `prepare_call`).
     fn lock(&self) -> MutexGuard<'_, Inner> {
+        let inner = self.read();
+        ROUTES_GENERATION.fetch_add(1, Ordering::SeqCst);
+        inner
+    }
+
+    /// The plugin table, to read it only.
+    fn read(&self) -> MutexGuard<'_, Inner> {
         // Every update of Inner is a single insert or assignment, so a
         // panic elsewhere cannot leave it half-changed.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This thread's copy of the routes, made anew if the table changed
+    /// since it was made; `f` looks in it.
+    fn with_routes<T>(&self, generation: u64, f: impl FnOnce(&Routes) -> T) -> T {
+        let host = self as *const PluginHost as usize;
+        ROUTES.with_borrow_mut(|routes| {
+            if routes.host != host || routes.generation != generation {
+                *routes = Routes::of(host, generation, &self.read(), &self.quarantine_after);
+            }
+            f(routes)
+        })
     }
 
     /// Loads a plugin that has no slot yet and records the outcome in a
@@ -250,7 +268,7 @@ impl PluginHost {
     /// named here so that [`start_call`](Self::start_call) can say why it
     /// refuses the call.
     pub fn plugin_for(&self, command: &str) -> Option<Arc<str>> {
-        self.lock()
+        self.read()
             .serving(command)
             .map(|(slot, _)| slot.name.clone())
     }
@@ -260,7 +278,7 @@ impl PluginHost {
     /// here (the caller is the connection's task: the handler must not
     /// block, and the channel's operations are made non-blocking).
     pub fn start_call(&self, req: CallRequest) -> Result<(), (ErrorCode, String)> {
-        self.prepare_call(&req.command)?.start(req)
+        self.prepare_call(&req.channel.command)?.start(req)
     }
 
     /// Finds the plugin for `command` and counts a call to it, or says why
@@ -274,41 +292,45 @@ impl PluginHost {
             ));
         }
         let after = self.quarantine_after.load(Ordering::SeqCst);
-        let (name, build, stats) = {
-            let inner = self.lock();
-            let Some((slot, build)) = inner.serving(command) else {
+        // Every call looks its command up here: in this thread's copy of
+        // the routes, not under the table's lock, which both cores would
+        // take turns at.
+        loop {
+            let generation = ROUTES_GENERATION.load(Ordering::SeqCst);
+            let Some((route, inline)) = self.with_routes(generation, |r| r.find(command)) else {
                 return Err((
                     ErrorCode::UnknownCommand,
                     format!("no plugin serves the command `{command}`"),
                 ));
             };
-            if let Some(n) = slot.quarantined(after) {
-                let name = &slot.name;
+            let panics = route.build.panics.load(Ordering::SeqCst);
+            if panics >= after {
+                let name = &route.name;
                 return Err((
                     ErrorCode::Unavailable,
                     format!(
-                        "plugin {name} is quarantined after {n} panics; fix it and run `sockctl plugin reload {name}`"
+                        "plugin {name} is quarantined after {panics} panics; fix it and run `sockctl plugin reload {name}`"
                     ),
                 ));
             }
-            // Counted while the build is still current, so a reload that
-            // retires it cannot miss this call (see Build::retire).
-            build.call_started();
-            (slot.name.clone(), build.clone(), slot.stats.clone())
-        };
-        stats.calls.fetch_add(1, Ordering::Relaxed);
-        Ok(PreparedCall(Some(RunningCall {
-            name,
-            build,
-            stats,
-            quarantine_after: self.quarantine_after.clone(),
-        })))
+            route.build.call_started();
+            // A reload retires the old build only after it changed the
+            // generation (both sequentially consistent): either it sees
+            // this call counted, or this call sees the new generation and
+            // looks again.
+            if ROUTES_GENERATION.load(Ordering::SeqCst) != generation {
+                route.build.call_ended();
+                continue;
+            }
+            route.stats.calls.fetch_add(1, Ordering::Relaxed);
+            return Ok(PreparedCall(Some(RunningCall { route, inline })));
+        }
     }
 
     /// A session ended: every live build may drop what it kept for it.
     pub fn session_closed(&self, session_id: u64) {
         let builds: Vec<Arc<Build>> = self
-            .lock()
+            .read()
             .plugins
             .values()
             .flat_map(|s| s.live_builds().cloned())
@@ -497,7 +519,7 @@ impl PluginHost {
 
     pub fn list(&self) -> Vec<PluginInfo> {
         let after = self.quarantine_after.load(Ordering::SeqCst);
-        self.lock()
+        self.read()
             .plugins
             .iter()
             .map(|(name, slot)| slot.info(name, after))
@@ -527,7 +549,10 @@ pub struct PreparedCall(Option<RunningCall>);
 impl PreparedCall {
     /// The configured name of the plugin that will serve the call.
     pub fn plugin(&self) -> Arc<str> {
-        self.0.as_ref().map(|c| c.name.clone()).unwrap_or_default()
+        self.0
+            .as_ref()
+            .map(|c| c.route.name.clone())
+            .unwrap_or_default()
     }
 
     /// Runs the call: inline (to its end, or until it is pending) if the
@@ -537,7 +562,7 @@ impl PreparedCall {
         let Some(call) = self.0.take() else {
             return Ok(());
         };
-        if call.build.is_inline(&req.command) {
+        if call.inline {
             let Some((call, req)) = call.run_inline(req) else {
                 return Ok(());
             };
@@ -557,12 +582,89 @@ impl Drop for PreparedCall {
     }
 }
 
-/// What a call thread needs besides the request.
-struct RunningCall {
+/// Bumped by every change of any host's plugin table (and, to be safe,
+/// every other use of its lock but the routes' own reads).
+static ROUTES_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's copy of the command routes (see `prepare_call`).
+    static ROUTES: std::cell::RefCell<Routes> = const { std::cell::RefCell::new(Routes::EMPTY) };
+}
+
+/// What a call needs of its plugin, looked up once per command per thread
+/// and shared by every call through it: one reference to take per call.
+struct Route {
     name: Arc<str>,
     build: Arc<Build>,
     stats: Arc<Stats>,
     quarantine_after: Arc<AtomicU32>,
+}
+
+/// Every command of one host's current builds, with its route and whether
+/// it runs inline, as of one generation of the table.
+struct Routes {
+    /// The host (its address) and generation this copy was made from.
+    host: usize,
+    generation: u64,
+    commands: Vec<(Box<str>, Arc<Route>, bool)>,
+}
+
+impl Routes {
+    const EMPTY: Routes = Routes {
+        host: 0,
+        generation: u64::MAX,
+        commands: Vec::new(),
+    };
+
+    fn of(
+        host: usize,
+        generation: u64,
+        inner: &Inner,
+        quarantine_after: &Arc<AtomicU32>,
+    ) -> Routes {
+        let mut commands = Vec::new();
+        for slot in inner.plugins.values() {
+            let Some(build) = &slot.current else { continue };
+            let route = Arc::new(Route {
+                name: slot.name.clone(),
+                build: build.clone(),
+                stats: slot.stats.clone(),
+                quarantine_after: quarantine_after.clone(),
+            });
+            for command in &build.commands {
+                let inline = build.is_inline(command);
+                commands.push((command.as_str().into(), route.clone(), inline));
+            }
+        }
+        Routes {
+            host,
+            generation,
+            commands,
+        }
+    }
+
+    fn find(&self, command: &str) -> Option<(Arc<Route>, bool)> {
+        self.commands
+            .iter()
+            .find(|(c, ..)| **c == *command)
+            .map(|(_, route, inline)| (route.clone(), *inline))
+    }
+}
+
+/// A call counted to its build: what its thread (or the connection's
+/// task, inline) needs besides the request.
+struct RunningCall {
+    route: Arc<Route>,
+    /// The command runs on the connection's task.
+    inline: bool,
+}
+
+impl std::ops::Deref for RunningCall {
+    type Target = Route;
+
+    fn deref(&self) -> &Route {
+        &self.route
+    }
 }
 
 /// Ends a call however its thread leaves [`RunningCall::run`]: CLOSE (a
@@ -640,22 +742,33 @@ impl RunningCall {
         let session = &req.session;
         // Everything the call points to lives on this stack frame until
         // handle() returns, as the ABI promises.
-        let argv: Vec<SockdStr> = req.args.iter().map(|a| SockdStr::from_slice(a)).collect();
+        // Up to eight arguments (most calls) are passed without allocating.
+        let mut few = [SockdStr::from_slice(&[]); 8];
+        let many: Vec<SockdStr>;
+        let argv: &[SockdStr] = if req.args.len() <= few.len() {
+            for (slot, arg) in few.iter_mut().zip(&req.args) {
+                *slot = SockdStr::from_slice(arg);
+            }
+            &few[..req.args.len()]
+        } else {
+            many = req.args.iter().map(|a| SockdStr::from_slice(a)).collect();
+            &many
+        };
         let call = SockdCall {
             size: size_of::<SockdCall>() as u32,
             channel: req.channel.handle,
             session_id: session.id,
             user: SockdStr::from_slice(session.user.as_bytes()),
-            home: SockdStr::from_slice(req.home.as_os_str().as_bytes()),
-            command: SockdStr::from_slice(req.command.as_bytes()),
+            home: SockdStr::from_slice(session.home.as_os_str().as_bytes()),
+            command: SockdStr::from_slice(req.channel.command.as_bytes()),
             argc: argv.len(),
             argv: argv.as_ptr(),
             peer: SockdStr::from_slice(session.peer_text.as_bytes()),
             flags,
         };
-        tracing::debug!(plugin = %self.name, command = %req.command, session = session.id, "call started");
+        tracing::debug!(plugin = %self.name, command = %req.channel.command, session = session.id, "call started");
         let status = self.build.handle(&call);
-        tracing::debug!(plugin = %self.name, command = %req.command, session = session.id, status, "handle returned");
+        tracing::debug!(plugin = %self.name, command = %req.channel.command, session = session.id, status, "handle returned");
         status
     }
 
@@ -668,7 +781,7 @@ impl RunningCall {
         let status = self.invoke(&req, 0);
         let (code, message) = self.outcome(status);
         req.channel.finish(code, &message);
-        tracing::debug!(plugin = %self.name, command = %req.command, session = req.session.id, status, "call ended");
+        tracing::debug!(plugin = %self.name, command = %req.channel.command, session = req.session.id, status, "call ended");
     }
 
     /// Maps handle()'s status to the CLOSE code, counting errors and panics.

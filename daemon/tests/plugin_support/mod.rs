@@ -196,7 +196,11 @@ impl Closed {
 }
 
 pub fn session(user: &str) -> Arc<Session> {
-    Sessions::global().register(user, "127.0.0.1:40000".parse().expect("address"))
+    Sessions::global().register(
+        user,
+        "127.0.0.1:40000".parse().expect("address"),
+        PathBuf::from(format!("/srv/sockd/home/{user}")),
+    )
 }
 
 /// Opens a channel for `command` the way the connection code does and
@@ -216,13 +220,19 @@ pub fn start(
         user: session.user.clone(),
         plugin,
     };
-    let channel = Channel::new(1, owner, tx, 1 << 20, send_credit, 16 * 1024);
+    let channel = Channel::new(
+        1,
+        owner,
+        command.into(),
+        tx,
+        1 << 20,
+        send_credit,
+        16 * 1024,
+    );
     ChannelTable::global().insert(channel.clone());
     let req = CallRequest {
         channel: channel.clone(),
         session: session.clone(),
-        home: PathBuf::from(format!("/srv/sockd/home/{}", session.user)),
-        command: command.to_string(),
         args: args
             .iter()
             .map(|a| Bytes::copy_from_slice(a.as_bytes()))

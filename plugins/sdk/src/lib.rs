@@ -475,6 +475,17 @@ impl<'a> Call<'a> {
         argv.iter().map(|a| unsafe { a.as_slice() }).collect()
     }
 
+    /// Argument `index` as the client sent it, if there is one (without
+    /// collecting them all, as [`Call::args`] does).
+    pub fn arg(&self, index: usize) -> Option<&[u8]> {
+        if self.raw.argv.is_null() || index >= self.raw.argc {
+            return None;
+        }
+        // SAFETY: as in `args`: argv holds argc values, index < argc, each
+        // valid until handle() returns, which outlives &self.
+        Some(unsafe { (*self.raw.argv.add(index)).as_slice() })
+    }
+
     /// The arguments as UTF-8, or a [`Code::BadRequest`] failure.
     pub fn str_args(&self) -> Result<Vec<&str>, Failure> {
         self.args()

@@ -6,6 +6,9 @@
 //! - `sleep SECONDS`: sleeps (ending early if cancelled), then writes `slept`;
 //! - `flood`: writes 64 KiB chunks until the call is cancelled or closed
 //!   (backpressure tests);
+//! - `pong [PAYLOAD]`: the plugin twin of a PING: writes PAYLOAD back
+//!   unchanged, as the daemon answers a PING with its payload; **inline**
+//!   (the benchmark of the call path, `sockbench calls`);
 //! - `whoami`: writes the user, session id, home directory and peer; an
 //!   **inline** command (ABI 1.1), run on the connection's task;
 //! - `whoami-blocking`: the same on a call thread (the blocking path, for
@@ -106,6 +109,7 @@ impl Plugin for Testkit {
     fn handle(&self, call: &Call<'_>) -> Result<(), Failure> {
         match call.command() {
             "echo" => echo(call),
+            "pong" => pong(call),
             "panic" => panic!("testkit was asked to panic"),
             "sleep" => sleep(call),
             "flood" => flood(call),
@@ -164,6 +168,13 @@ fn echo(call: &Call<'_>) -> Result<(), Failure> {
     }
     ch.write_eof(stream::MAIN)?;
     Ok(())
+}
+
+fn pong(call: &Call<'_>) -> Result<(), Failure> {
+    match call.arg(0) {
+        Some(payload) => Ok(call.channel().write(stream::MAIN, payload)?),
+        None => Ok(()),
+    }
 }
 
 fn whoami(call: &Call<'_>) -> Result<(), Failure> {
@@ -354,12 +365,12 @@ sockd_plugin::export_plugin!(
     name: "testkit",
     version: env!("CARGO_PKG_VERSION"),
     commands: [
-        "echo", "panic", "sleep", "flood", "whoami", "whoami-blocking", "subscribe", "push",
+        "echo", "pong", "panic", "sleep", "flood", "whoami", "whoami-blocking", "subscribe", "push",
         "config", "inline-probe", "inline-panic", "inline-echo", "inline-later",
         "inline-input-panic",
     ],
     inline: [
-        "whoami", "inline-probe", "inline-panic", "inline-echo", "inline-later",
+        "pong", "whoami", "inline-probe", "inline-panic", "inline-echo", "inline-later",
         "inline-input-panic",
     ],
     plugin: Testkit,
