@@ -209,7 +209,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdo
         tracing::info!(%peer, user = %session.user, session = session.id, "session ended");
     }
     Sessions::global().remove(session.id);
-    shared.plugins().session_closed(session.id);
+    // A session that opened no channel was never seen by a plugin.
+    if session.opened_channels() {
+        shared.plugins().session_closed(session.id);
+    }
 }
 
 /// Our HELLO: sent before the client's arrives, so it says nothing that
@@ -278,7 +281,11 @@ async fn run_session(
     // channel's number is freed by the reader when it next needs a number
     // (OPEN), without a message per call; only a reader that waits for the
     // last channels to end (shutdown) is woken by the CLOSEs.
-    let mut writer = tokio::spawn(crate::outbound::write_loop(
+    //
+    // Its task starts with the first frame the client sends (or the first
+    // thing to tell it unasked): a client that logs in and leaves costs no
+    // task, no wake-up of another worker, and no abort.
+    let mut unstarted = Some(crate::outbound::write_loop(
         write_half,
         parts.codec,
         parts.write_buf,
@@ -290,6 +297,12 @@ async fn run_session(
         },
         peer_closed.clone(),
     ));
+    let mut writer: Option<tokio::task::JoinHandle<()>> = None;
+    let mut start_writer = |writer: &mut Option<tokio::task::JoinHandle<()>>| {
+        if let Some(write_loop) = unstarted.take() {
+            *writer = Some(tokio::spawn(write_loop));
+        }
+    };
 
     let config = shared.config();
     let idle = config.server.idle_timeout();
@@ -354,12 +367,14 @@ async fn run_session(
                             }
                         },
                     };
+                    start_writer(&mut writer);
                     match message {
                         Message::Ping { payload } => {
                             let _ = out_tx.send(Message::Pong { payload });
                         }
                         Message::Pong { .. } => {}
                         Message::Open { channel: id, command, args } => {
+                            session.opened_channel();
                             // Finished channels free their numbers (their CLOSE is
                             // queued ahead of anything this one sends).
                             channels.forget_finished();
@@ -439,7 +454,7 @@ async fn run_session(
                     break;
                 }
             }
-            _ = &mut writer, if !writer_done => {
+            () = ended(&mut writer), if !writer_done => {
                 // The writer failed: the client can no longer hear us (and
                 // a full backlog would never drain).
                 writer_done = true;
@@ -465,6 +480,7 @@ async fn run_session(
             () = &mut stopping, if !going_away => {
                 going_away = true;
                 closing.waiting.store(true, Ordering::SeqCst);
+                start_writer(&mut writer);
                 let _ = out_tx.send(Message::GoAway { code: ErrorCode::ShuttingDown, message: "the server is shutting down".into() });
                 channels.forget_finished();
                 if channels.is_empty() {
@@ -484,14 +500,29 @@ async fn run_session(
     // writer ends once every channel's plugin thread has dropped its sender;
     // cancelled channels make that prompt, and a stuck plugin cannot hold
     // the connection open past this bound. A client that closed first
-    // reads nothing more: no need to wait.
-    let wait = !writer_done && !peer_closed.load(Ordering::Relaxed);
-    if !wait
-        || tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer)
-            .await
-            .is_err()
+    // reads nothing more: no need to wait, nor to start the writer.
+    let peer_gone = peer_closed.load(Ordering::Relaxed);
+    if !peer_gone {
+        start_writer(&mut writer);
+    }
+    if let Some(mut writer) = writer
+        && (writer_done
+            || peer_gone
+            || tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer)
+                .await
+                .is_err())
     {
         writer.abort();
+    }
+}
+
+/// Resolves when the writer task ends; never if it has not started.
+async fn ended(writer: &mut Option<tokio::task::JoinHandle<()>>) {
+    match writer {
+        Some(task) => {
+            let _ = task.await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -6,7 +6,7 @@ use crate::channel::ChannelTable;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -20,10 +20,25 @@ pub struct Session {
     pub since: SystemTime,
     /// The user's home directory (state_dir/home/USER), told to every call.
     pub home: PathBuf,
+    /// A channel was opened: plugins may keep something for the session.
+    opened_channels: AtomicBool,
     kick: watch::Sender<bool>,
 }
 
 impl Session {
+    /// Notes that the session opened a channel (called for each OPEN).
+    pub fn opened_channel(&self) {
+        if !self.opened_channels.load(Ordering::Relaxed) {
+            self.opened_channels.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether plugins may have seen the session: only then are they told
+    /// it ended.
+    pub fn opened_channels(&self) -> bool {
+        self.opened_channels.load(Ordering::Relaxed)
+    }
+
     /// Resolves when an administrator kicks this session.
     pub fn kicked(&self) -> watch::Receiver<bool> {
         self.kick.subscribe()
@@ -74,6 +89,7 @@ impl Sessions {
             peer_text: peer.to_string().into(),
             since: SystemTime::now(),
             home,
+            opened_channels: AtomicBool::new(false),
             kick: watch::channel(false).0,
         });
         self.map
