@@ -83,6 +83,13 @@ struct State {
     hook_again: bool,
     /// Status of a `finish` that came while the inline handler still ran.
     early_end: Option<i32>,
+    /// The client's input on stream 0 ended with its OPEN (a CALL): an EOF
+    /// to read after whatever is queued, not queued itself.
+    eof_at_open: bool,
+    /// The inline handler runs and the client takes REPLY: its last DATA
+    /// is held back to leave in one frame with the CLOSE.
+    holding: bool,
+    held: Option<(u8, Bytes)>,
 }
 
 /// What [`Channel::request_end`] found.
@@ -137,6 +144,15 @@ fn in_inline_call() -> bool {
     IN_INLINE_CALL.with(Cell::get)
 }
 
+/// What a one-shot call (capability `oneshot`) changes for a channel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Oneshot {
+    /// Opened by a CALL: the input on stream 0 has ended.
+    pub input_ended: bool,
+    /// The client takes REPLY frames.
+    pub replies: bool,
+}
+
 /// Owner details a plugin host needs for routing and reporting.
 #[derive(Debug, Clone)]
 pub struct Owner {
@@ -156,6 +172,8 @@ pub struct Channel {
     /// `State::finished`, readable without the lock: the connection
     /// frees finished channels' numbers by it.
     finished: AtomicBool,
+    /// The client takes REPLY frames (capability `oneshot`).
+    replies: bool,
     out: Outbound,
     window: u64,
     max_chunk: usize,
@@ -172,7 +190,10 @@ pub struct CreditViolation {
 
 impl Channel {
     /// `window`: credit we grant the client; `send_credit`: what the client
-    /// granted us in its HELLO; `max_chunk`: largest DATA payload we may send.
+    /// granted us in its HELLO; `max_chunk`: largest DATA payload we may
+    /// send; `oneshot`: the client's input on stream 0 ended with the OPEN
+    /// (a CALL), and whether it takes REPLY frames.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         wire_id: u32,
         owner: Owner,
@@ -181,6 +202,7 @@ impl Channel {
         window: u32,
         send_credit: u32,
         max_chunk: usize,
+        oneshot: Oneshot,
     ) -> Arc<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(Channel {
@@ -189,6 +211,7 @@ impl Channel {
             owner,
             command,
             finished: AtomicBool::new(false),
+            replies: oneshot.replies,
             out,
             window: window.into(),
             max_chunk,
@@ -209,6 +232,9 @@ impl Channel {
                 hook_running: false,
                 hook_again: false,
                 early_end: None,
+                eof_at_open: oneshot.input_ended,
+                holding: false,
+                held: None,
             }),
             changed: Condvar::new(),
         })
@@ -250,12 +276,33 @@ impl Channel {
     /// Makes this channel's call inline: from now on its reads only poll
     /// and its writes never wait (see the module docs).
     pub fn set_inline(&self) {
-        self.lock().inline = true;
+        let mut s = self.lock();
+        s.inline = true;
+        s.holding = self.replies;
     }
 
     /// The call leaves the connection's task (it goes to a call thread).
     pub fn clear_inline(&self) {
-        self.lock().inline = false;
+        let mut s = self.lock();
+        s.inline = false;
+        self.release_held(&mut s);
+    }
+
+    /// Sends the DATA held for a REPLY on its own: the call goes on after
+    /// its inline handler (pending, or on a call thread).
+    fn release_held(&self, s: &mut State) {
+        s.holding = false;
+        self.send_held(s);
+    }
+
+    fn send_held(&self, s: &mut State) {
+        if let Some((stream, data)) = s.held.take() {
+            let _ = self.out.send(Message::Data {
+                channel: self.wire_id,
+                stream,
+                data,
+            });
+        }
     }
 
     /// Makes the call pending: `hook` serves its input from now on, until
@@ -273,8 +320,9 @@ impl Channel {
         if s.finished {
             return Some(sockd_plugin::sys::SOCKD_E_CLOSED);
         }
+        self.release_held(&mut s);
         s.hook = Some(hook);
-        if !s.inbound.is_empty() || s.cancelled {
+        if !s.inbound.is_empty() || s.eof_at_open || s.cancelled {
             self.run_hook(s);
         }
         None
@@ -345,6 +393,15 @@ impl Channel {
         s.inline || in_inline_call()
     }
 
+    /// Input after a CALL's OPEN comes after its EOF on stream 0.
+    fn queue_eof_at_open(s: &mut State) {
+        if std::mem::take(&mut s.eof_at_open) {
+            s.inbound.push_back(Inbound::Eof {
+                stream: sockd_plugin::stream::MAIN,
+            });
+        }
+    }
+
     // ---- connection side: never blocks ----
 
     pub fn on_data(&self, stream: u8, data: Bytes) -> Result<(), CreditViolation> {
@@ -360,6 +417,7 @@ impl Channel {
         // Nobody reads a finished call's input (an inline call ends before
         // its first DATA arrives): count it against the credit, drop it.
         if !s.cancelled && !s.finished && !data.is_empty() {
+            Self::queue_eof_at_open(&mut s);
             s.inbound.push_back(Inbound::Data { stream, data });
             self.wake_waiters(&s);
             self.run_hook(s);
@@ -370,6 +428,7 @@ impl Channel {
     pub fn on_eof(&self, stream: u8) {
         let mut s = self.lock();
         if !s.finished {
+            Self::queue_eof_at_open(&mut s);
             s.inbound.push_back(Inbound::Eof { stream });
             self.wake_waiters(&s);
             self.run_hook(s);
@@ -443,7 +502,13 @@ impl Channel {
                     *stream_out = stream;
                     return Ok(ReadOutcome::Data { stream, len: n });
                 }
-                None => {}
+                None => {
+                    if std::mem::take(&mut s.eof_at_open) {
+                        let stream = sockd_plugin::stream::MAIN;
+                        *stream_out = stream;
+                        return Ok(ReadOutcome::Eof { stream });
+                    }
+                }
             }
             s = match deadline {
                 None => self.wait(s, None),
@@ -466,6 +531,7 @@ impl Channel {
             let grant = s.consumed.min(u32::MAX as u64);
             s.consumed -= grant;
             s.recv_credit += grant;
+            self.send_held(s);
             let _ = self.out.send(Message::Credit {
                 channel: self.wire_id,
                 bytes: grant as u32,
@@ -473,11 +539,18 @@ impl Channel {
         }
     }
 
-    fn send_chunk(&self, stream: u8, data: &[u8]) {
+    fn send_chunk(&self, s: &mut State, stream: u8, data: &[u8]) {
+        let data = Bytes::copy_from_slice(data);
+        if s.holding {
+            // Only the last DATA can go out with the CLOSE.
+            self.send_held(s);
+            s.held = Some((stream, data));
+            return;
+        }
         let _ = self.out.send(Message::Data {
             channel: self.wire_id,
             stream,
-            data: Bytes::copy_from_slice(data),
+            data,
         });
     }
 
@@ -518,7 +591,7 @@ impl Channel {
             }
             let n = rest.len().min(self.max_chunk).min(s.send_credit as usize);
             s.send_credit -= n as u64;
-            self.send_chunk(stream, &rest[..n]);
+            self.send_chunk(&mut s, stream, &rest[..n]);
             rest = &rest[n..];
         }
     }
@@ -545,19 +618,20 @@ impl Channel {
         }
         s.send_credit -= data.len() as u64;
         for chunk in data.chunks(self.max_chunk.max(1)) {
-            self.send_chunk(stream, chunk);
+            self.send_chunk(&mut s, stream, chunk);
         }
         Ok(())
     }
 
     pub fn write_eof(&self, stream: u8) -> Result<(), ChannelError> {
-        let s = self.lock();
+        let mut s = self.lock();
         if s.finished {
             return Err(ChannelError::Closed);
         }
         if s.cancelled {
             return Err(ChannelError::Cancelled);
         }
+        self.send_held(&mut s);
         let _ = self.out.send(Message::Eof {
             channel: self.wire_id,
             stream,
@@ -610,12 +684,23 @@ impl Channel {
         } else {
             std::mem::take(&mut s.result_message)
         };
-        let _ = self.out.send(Message::Close {
-            channel: self.wire_id,
-            code,
-            value: s.result_value,
-            message: text,
-        });
+        let close = match s.held.take() {
+            Some((stream, data)) => Message::Reply {
+                channel: self.wire_id,
+                stream,
+                data,
+                code,
+                value: s.result_value,
+                message: text,
+            },
+            None => Message::Close {
+                channel: self.wire_id,
+                code,
+                value: s.result_value,
+                message: text,
+            },
+        };
+        let _ = self.out.send(close);
         self.wake_waiters(&s);
         let room_waiters = s.room_waiters > 0;
         // Dropped outside the lock: it may hold the last reference to the
@@ -787,7 +872,16 @@ mod tests {
             plugin: "p".into(),
         };
         (
-            Channel::new(1, owner, "test".into(), tx, window, credit, 4),
+            Channel::new(
+                1,
+                owner,
+                "test".into(),
+                tx,
+                window,
+                credit,
+                4,
+                Oneshot::default(),
+            ),
             rx,
         )
     }

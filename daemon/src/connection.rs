@@ -7,7 +7,7 @@
 //! are unaffected.
 
 use crate::auth::{self, AuthEnd};
-use crate::channel::{Channel, ChannelTable, Owner};
+use crate::channel::{Channel, ChannelTable, Oneshot, Owner};
 use crate::plugin::CallRequest;
 use crate::server::Shared;
 use crate::session::{Session, Sessions};
@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use sockd_proto::auth::{CHANNEL_BINDING_LABEL, CHANNEL_BINDING_LEN};
 use sockd_proto::frame::{FrameError, MIN_MAX_FRAME};
-use sockd_proto::message::PROTOCOL_VERSION;
+use sockd_proto::message::{ONESHOT, PROTOCOL_VERSION};
 use sockd_proto::{ErrorCode, FrameCodec, Hello, Message};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -224,7 +224,7 @@ fn server_hello(config: &crate::config::Config) -> Message {
         window: config.server.window,
         software: format!("sockd {}", env!("CARGO_PKG_VERSION")),
         identity: config.server.name.clone(),
-        capabilities: Vec::new(),
+        capabilities: vec![ONESHOT.to_string()],
     })
 }
 
@@ -308,6 +308,7 @@ async fn run_session(
     let idle = config.server.idle_timeout();
     let window = config.server.window;
     let max_channels = config.server.max_channels_per_connection;
+    let replies = client.capabilities.iter().any(|c| c == ONESHOT);
     let mut channels = OpenChannels::default();
     let mut kick = session.kicked();
     let mut going_away = false;
@@ -368,6 +369,11 @@ async fn run_session(
                         },
                     };
                     start_writer(&mut writer);
+                    // A CALL is an OPEN whose input has ended.
+                    let (message, input_ended) = match message {
+                        Message::Call { channel, command, args } => (Message::Open { channel, command, args }, true),
+                        message => (message, false),
+                    };
                     match message {
                         Message::Ping { payload } => {
                             let _ = out_tx.send(Message::Pong { payload });
@@ -403,7 +409,8 @@ async fn run_session(
                                 }
                             };
                             let owner = Owner { session_id: session.id, user: session.user.clone(), plugin: call.plugin() };
-                            let channel = Channel::new(id, owner, command.into_boxed_str(), out_tx.clone(), window, client.window, max_chunk);
+                            let oneshot = Oneshot { input_ended, replies };
+                            let channel = Channel::new(id, owner, command.into_boxed_str(), out_tx.clone(), window, client.window, max_chunk, oneshot);
                             ChannelTable::global().insert(channel.clone());
                             channels.insert(id, channel.clone());
                             let request = CallRequest { channel: channel.clone(), session: session.clone(), args };

@@ -99,6 +99,7 @@ pub fn weight(message: &Message) -> u64 {
     let payload = match message {
         Message::Data { data, .. } => data.len(),
         Message::Pong { payload } | Message::Ping { payload } => payload.len(),
+        Message::Reply { data, message, .. } => data.len() + message.len(),
         Message::Close { message, .. }
         | Message::Error { message, .. }
         | Message::GoAway { message, .. } => message.len(),
@@ -168,7 +169,9 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
             let mut handed_on = 0;
             while let Some(m) = next {
                 let closed_id = match &m {
-                    Message::Close { channel, .. } => Some(*channel),
+                    Message::Close { channel, .. } | Message::Reply { channel, .. } => {
+                        Some(*channel)
+                    }
                     _ => None,
                 };
                 let weight = weight(&m);

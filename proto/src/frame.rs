@@ -54,6 +54,11 @@ pub enum Kind {
     Eof = 0x12,
     Credit = 0x13,
     Close = 0x14,
+    /// An OPEN whose input on stream 0 has already ended (capability
+    /// `oneshot`).
+    Call = 0x15,
+    /// A DATA and the channel's CLOSE in one frame (capability `oneshot`).
+    Reply = 0x16,
 }
 
 impl Kind {
@@ -74,6 +79,8 @@ impl Kind {
             0x12 => Self::Eof,
             0x13 => Self::Credit,
             0x14 => Self::Close,
+            0x15 => Self::Call,
+            0x16 => Self::Reply,
             _ => return None,
         })
     }
@@ -374,6 +381,47 @@ mod tests {
             assert_eq!(got, messages, "cut at {cut}");
             assert!(buf.is_empty());
         }
+    }
+
+    #[test]
+    fn one_shot_frames_match_the_protocol_document() {
+        // docs/PROTOCOL.md, "One-shot calls".
+        let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
+        let mut out = BytesMut::new();
+        codec
+            .encode(
+                crate::Message::Call {
+                    channel: 1,
+                    command: "pong".into(),
+                    args: vec![Bytes::from_static(b"abcdefgh")],
+                },
+                &mut out,
+            )
+            .unwrap();
+        let mut call = vec![0, 0, 0, 0x19, 0, 0, 0, 1, 0x15, 0, 4];
+        call.extend_from_slice(b"pong");
+        call.extend_from_slice(&[0, 1, 0, 0, 0, 8]);
+        call.extend_from_slice(b"abcdefgh");
+        assert_eq!(&out[..], &call[..]);
+        out.clear();
+        codec
+            .encode(
+                crate::Message::Reply {
+                    channel: 1,
+                    stream: 0,
+                    data: Bytes::from_static(b"abcdefgh"),
+                    code: crate::ErrorCode::Ok,
+                    value: 0,
+                    message: String::new(),
+                },
+                &mut out,
+            )
+            .unwrap();
+        let mut reply = vec![0, 0, 0, 0x1a, 0, 0, 0, 1, 0x16, 0, 0, 0];
+        reply.extend_from_slice(&[0; 8]);
+        reply.extend_from_slice(&[0, 0]);
+        reply.extend_from_slice(b"abcdefgh");
+        assert_eq!(&out[..], &reply[..]);
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const ALPN: &[u8] = b"sockd/1";
 /// Length of nonces, proofs and signatures.
 pub const NONCE_LEN: usize = 32;
+
+/// The HELLO capability of one-shot calls: a server that lists it accepts
+/// CALL; a client that lists it accepts REPLY (docs/PROTOCOL.md).
+pub const ONESHOT: &str = "oneshot";
 /// Most arguments an OPEN may carry.
 pub const MAX_ARGS: usize = 4096;
 
@@ -128,6 +132,23 @@ pub enum Message {
         channel: u32,
         bytes: u32,
     },
+    /// Client: OPEN, then EOF on stream 0, in one frame: a call with no
+    /// input. Only to a server whose HELLO lists [`ONESHOT`].
+    Call {
+        channel: u32,
+        command: String,
+        args: Vec<Bytes>,
+    },
+    /// Server: DATA on `stream`, then the channel's CLOSE, in one frame.
+    /// Only to a client whose HELLO lists [`ONESHOT`].
+    Reply {
+        channel: u32,
+        stream: u8,
+        data: Bytes,
+        code: ErrorCode,
+        value: i64,
+        message: String,
+    },
     /// Server: the operation ended. Client: cancel.
     Close {
         channel: u32,
@@ -233,7 +254,7 @@ impl Message {
                 code: ErrorCode::from_u16(r.u16("code").map_err(field)?),
                 message: r.str("message").map_err(field)?,
             },
-            Kind::Open => {
+            Kind::Open | Kind::Call => {
                 let command = r.str("command").map_err(field)?;
                 let count = r.u16("argc").map_err(field)? as usize;
                 if count > MAX_ARGS {
@@ -243,12 +264,28 @@ impl Message {
                 for _ in 0..count {
                     args.push(r.bytes("arg").map_err(field)?);
                 }
-                Message::Open {
-                    channel,
-                    command,
-                    args,
+                if kind == Kind::Call {
+                    Message::Call {
+                        channel,
+                        command,
+                        args,
+                    }
+                } else {
+                    Message::Open {
+                        channel,
+                        command,
+                        args,
+                    }
                 }
             }
+            Kind::Reply => Message::Reply {
+                channel,
+                stream: r.u8("stream").map_err(field)?,
+                code: ErrorCode::from_u16(r.u16("code").map_err(field)?),
+                value: r.i64("value").map_err(field)?,
+                message: r.str("message").map_err(field)?,
+                data: r.rest(),
+            },
             Kind::Data => {
                 let stream = r.u8("stream").map_err(field)?;
                 Message::Data {
@@ -365,6 +402,32 @@ impl Message {
                 }
                 (*channel, Kind::Open)
             }
+            Message::Call {
+                channel,
+                command,
+                args,
+            } => {
+                w.str(command).u16(args.len() as u16);
+                for a in args {
+                    w.bytes(a);
+                }
+                (*channel, Kind::Call)
+            }
+            Message::Reply {
+                channel,
+                stream,
+                data,
+                code,
+                value,
+                message,
+            } => {
+                w.u8(*stream)
+                    .u16(code.as_u16())
+                    .i64(*value)
+                    .str(message)
+                    .raw(data);
+                (*channel, Kind::Reply)
+            }
             Message::Data {
                 channel,
                 stream,
@@ -456,6 +519,19 @@ mod tests {
             channel: 1,
             command: "exec".into(),
             args: vec![Bytes::from_static(b"ls")],
+        });
+        round_trip(Message::Call {
+            channel: 2,
+            command: "pong".into(),
+            args: vec![Bytes::from_static(b"12345678")],
+        });
+        round_trip(Message::Reply {
+            channel: 2,
+            stream: 0,
+            data: Bytes::from_static(b"12345678"),
+            code: ErrorCode::Ok,
+            value: -1,
+            message: String::new(),
         });
         round_trip(Message::Data {
             channel: 1,

@@ -107,13 +107,18 @@ impl Challenge {
 
 /// The HELLO a raw test client sends.
 pub fn hello() -> Message {
+    hello_with(&[])
+}
+
+/// A raw test client's HELLO listing `capabilities`.
+pub fn hello_with(capabilities: &[&str]) -> Message {
     Message::Hello(Hello {
         version: PROTOCOL_VERSION,
         max_frame: DEFAULT_MAX_FRAME,
         window: 1 << 20,
         software: "raw-test".into(),
         identity: String::new(),
-        capabilities: vec![],
+        capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
     })
 }
 
@@ -134,10 +139,15 @@ impl RawClient {
 
     /// TLS plus the HELLO exchange.
     pub async fn connect_hello(addr: SocketAddr) -> RawClient {
+        Self::connect_with_hello(addr, hello()).await.0
+    }
+
+    /// TLS plus the exchange of `hello` for the server's HELLO.
+    pub async fn connect_with_hello(addr: SocketAddr, hello: Message) -> (RawClient, Hello) {
         let mut c = Self::connect(addr).await;
-        c.send(hello()).await;
+        c.send(hello).await;
         match c.recv().await {
-            Some(Message::Hello(_)) => c,
+            Some(Message::Hello(h)) => (c, h),
             other => panic!("expected HELLO, got {other:?}"),
         }
     }

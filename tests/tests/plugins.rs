@@ -4,9 +4,10 @@
 //! operator sees when a plugin is refused, inline commands (ABI 1.1),
 //! pending inline calls (ABI 1.2) and a plugin built for ABI 1.0.
 
-use sockd_e2e::raw::{RawClient, demo_secret};
+use sockd_e2e::raw::{self, RawClient, demo_secret};
 use sockd_e2e::{Daemon, Options, OutputExt, TEST_CONFIG, bin, target_dir, wait_until};
-use sockd_proto::Message;
+use sockd_proto::message::ONESHOT;
+use sockd_proto::{ErrorCode, Message};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -293,6 +294,95 @@ fn flooding_a_client_that_does_not_read_keeps_memory_flat() {
 }
 
 #[test]
+fn one_shot_calls_take_one_frame_each_way_when_both_sides_say_so() {
+    let (d, _plugins) = start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let call = |channel: u32, command: &str, arg: &'static [u8]| Message::Call {
+            channel,
+            command: command.into(),
+            args: vec![bytes::Bytes::from_static(arg)],
+        };
+        let (mut c, server) =
+            RawClient::connect_with_hello(d.addr, raw::hello_with(&[ONESHOT])).await;
+        assert!(
+            server.capabilities.iter().any(|c| c == ONESHOT),
+            "{server:?}"
+        );
+        assert!(matches!(
+            c.login("demo", &demo_secret(d.dir.path())).await,
+            Some(Message::AuthOk { .. })
+        ));
+        // An inline command's answer and end come in one REPLY.
+        c.send(call(1, "pong", b"abc")).await;
+        match c.recv().await {
+            Some(Message::Reply {
+                channel: 1,
+                stream: 0,
+                data,
+                code: ErrorCode::Ok,
+                ..
+            }) => {
+                assert_eq!(&data[..], b"abc");
+            }
+            other => panic!("expected REPLY, got {other:?}"),
+        }
+        // The input ended with the CALL: `echo`, which reads to the end of
+        // stream 0 on a call thread, writes its argument and ends at once.
+        c.send(call(3, "echo", b"x")).await;
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), c.recv()).await {
+                Ok(Some(Message::Data {
+                    channel: 3, data, ..
+                })) => got.extend_from_slice(&data),
+                Ok(Some(Message::Eof { channel: 3, .. })) => {}
+                Ok(Some(Message::Close {
+                    channel: 3, code, ..
+                })) => {
+                    assert_eq!(code, ErrorCode::Ok);
+                    break;
+                }
+                Ok(Some(Message::Reply {
+                    channel: 3,
+                    data,
+                    code,
+                    ..
+                })) => {
+                    got.extend_from_slice(&data);
+                    assert_eq!(code, ErrorCode::Ok);
+                    break;
+                }
+                other => panic!("expected echo's output and end, got {other:?}"),
+            }
+        }
+        assert_eq!(got, b"x\n");
+        // A client that does not list the capability gets DATA, then CLOSE.
+        let mut old = RawClient::connect_hello(d.addr).await;
+        assert!(matches!(
+            old.login("demo", &demo_secret(d.dir.path())).await,
+            Some(Message::AuthOk { .. })
+        ));
+        old.send(call(1, "pong", b"abc")).await;
+        assert!(matches!(
+            old.recv().await,
+            Some(Message::Data { channel: 1, .. })
+        ));
+        assert!(matches!(
+            old.recv().await,
+            Some(Message::Close {
+                channel: 1,
+                code: ErrorCode::Ok,
+                ..
+            })
+        ));
+    });
+}
+
+#[test]
 fn a_missing_plugin_is_reported_with_skip_and_refused_with_refuse() {
     let staging = tempfile::tempdir().unwrap();
     let plugins = plugin_dir(staging.path());
@@ -379,13 +469,14 @@ fn inline_commands_are_served_and_cannot_block() {
     let mut slow = SlowCall::start(&d);
     // An inline handler that tries to wait for input or to write more than
     // the client's window gets WOULD_BLOCK each time, and its `?` ends the
-    // call with busy.
+    // call with busy. A poll finds the end of the input: sockctl opened the
+    // call with a CALL (no input).
     let out = d.run(&["call", "inline-probe"]);
     assert_ne!(out.code(), 0);
     let err = out.stderr_text();
     for expected in [
         "read 5s: would_block",
-        "read 0: timeout",
+        "read 0: ok",
         "read forever: would_block",
         "write: would_block after ",
     ] {

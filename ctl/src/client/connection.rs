@@ -13,7 +13,7 @@ use sockd_proto::auth::CHANNEL_BINDING_LABEL;
 use sockd_proto::frame::{
     BATCH_LIMIT, DEFAULT_MAX_FRAME, DIRECT_DATA, FRAME_OVERHEAD, FrameError, MIN_MAX_FRAME,
 };
-use sockd_proto::message::{MAX_ARGS, PROTOCOL_VERSION};
+use sockd_proto::message::{MAX_ARGS, ONESHOT, PROTOCOL_VERSION};
 use sockd_proto::{ErrorCode, Frame, FrameCodec, Hello, Message};
 use std::collections::HashMap;
 use std::io::Write;
@@ -93,6 +93,8 @@ pub(crate) struct Conn {
     pub(crate) recv_window: u32,
     /// Credit the server grants per channel (its HELLO window).
     send_window: u32,
+    /// The server takes CALL (capability `oneshot`).
+    oneshot: bool,
 }
 
 pub(crate) enum Out {
@@ -201,7 +203,8 @@ impl Client {
             window: WINDOW,
             software: format!("sockctl {}", env!("CARGO_PKG_VERSION")),
             identity: String::new(),
-            capabilities: Vec::new(),
+            // We take REPLY: a one-shot call's answer and end in one frame.
+            capabilities: vec![ONESHOT.to_string()],
         };
         let (start, client_nonce) = auth::auth_start(&settings.user, &settings.secret)?;
         let mut first_flight = BytesMut::new();
@@ -340,6 +343,7 @@ impl Client {
             max_frame: info.max_frame,
             recv_window: WINDOW,
             send_window: info.window,
+            oneshot: info.capabilities.iter().any(|c| c == ONESHOT),
         });
         // Separate halves of the TLS stream, so that the writer can send
         // bulk DATA from the caller's buffers (see `write_loop`); frames the
@@ -467,16 +471,26 @@ impl Client {
         };
         let shared = ChannelShared::new(id, self.conn.send_window, self.conn.recv_window);
         st.channels.insert(id, shared.clone());
-        let open = Message::Open {
-            channel: id,
-            command: command.to_string(),
-            args,
-        };
+        let command = command.to_string();
         let out = if with_input {
-            Out::Message(open)
+            Out::Message(Message::Open {
+                channel: id,
+                command,
+                args,
+            })
+        } else if self.conn.oneshot {
+            Out::Message(Message::Call {
+                channel: id,
+                command,
+                args,
+            })
         } else {
             Out::Batch(vec![
-                open,
+                Message::Open {
+                    channel: id,
+                    command,
+                    args,
+                },
                 Message::Eof {
                     channel: id,
                     stream: sockd_proto::message::stream::MAIN,
@@ -763,6 +777,20 @@ fn dispatch(conn: &Conn, msg: Message) -> Result<(), String> {
         } => {
             let removed = conn.lock().channels.remove(&channel);
             if let Some(ch) = removed {
+                ch.on_close(code, value, message);
+            }
+        }
+        Message::Reply {
+            channel,
+            stream,
+            data,
+            code,
+            value,
+            message,
+        } => {
+            let removed = conn.lock().channels.remove(&channel);
+            if let Some(ch) = removed {
+                ch.on_data(stream, data)?;
                 ch.on_close(code, value, message);
             }
         }

@@ -353,7 +353,16 @@ mod tests {
             user: user.into(),
             plugin: plugin.into(),
         };
-        let ch = Channel::new(1, owner, "test".into(), tx, 1024, credit, 512);
+        let ch = Channel::new(
+            1,
+            owner,
+            "test".into(),
+            tx,
+            1024,
+            credit,
+            512,
+            Default::default(),
+        );
         ChannelTable::global().insert(ch.clone());
         (ch, rx)
     }

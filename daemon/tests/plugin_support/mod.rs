@@ -228,6 +228,7 @@ pub fn start(
         1 << 20,
         send_credit,
         16 * 1024,
+        Default::default(),
     );
     ChannelTable::global().insert(channel.clone());
     let req = CallRequest {
