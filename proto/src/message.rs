@@ -395,14 +395,8 @@ impl Message {
                 channel,
                 command,
                 args,
-            } => {
-                w.str(command).u16(args.len() as u16);
-                for a in args {
-                    w.bytes(a);
-                }
-                (*channel, Kind::Open)
             }
-            Message::Call {
+            | Message::Call {
                 channel,
                 command,
                 args,
@@ -411,7 +405,12 @@ impl Message {
                 for a in args {
                     w.bytes(a);
                 }
-                (*channel, Kind::Call)
+                let kind = if matches!(self, Message::Call { .. }) {
+                    Kind::Call
+                } else {
+                    Kind::Open
+                };
+                (*channel, kind)
             }
             Message::Reply {
                 channel,

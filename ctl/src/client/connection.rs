@@ -721,6 +721,25 @@ async fn read_loop(
 }
 
 /// Handles one message from the server. `Err` is a protocol violation.
+/// A channel's end, with its last DATA when it came in a REPLY.
+fn close(
+    conn: &Conn,
+    channel: u32,
+    last: Option<(u8, Bytes)>,
+    code: ErrorCode,
+    value: i64,
+    message: String,
+) -> Result<(), String> {
+    let removed = conn.lock().channels.remove(&channel);
+    if let Some(ch) = removed {
+        if let Some((stream, data)) = last {
+            ch.on_data(stream, data)?;
+        }
+        ch.on_close(code, value, message);
+    }
+    Ok(())
+}
+
 fn dispatch(conn: &Conn, msg: Message) -> Result<(), String> {
     // Frames for a channel that is not open (e.g. crossing our cancel) are
     // ignored, as docs/PROTOCOL.md says.
@@ -774,12 +793,8 @@ fn dispatch(conn: &Conn, msg: Message) -> Result<(), String> {
             code,
             value,
             message,
-        } => {
-            let removed = conn.lock().channels.remove(&channel);
-            if let Some(ch) = removed {
-                ch.on_close(code, value, message);
-            }
-        }
+        } => close(conn, channel, None, code, value, message)?,
+        // DATA and CLOSE in one frame.
         Message::Reply {
             channel,
             stream,
@@ -787,13 +802,7 @@ fn dispatch(conn: &Conn, msg: Message) -> Result<(), String> {
             code,
             value,
             message,
-        } => {
-            let removed = conn.lock().channels.remove(&channel);
-            if let Some(ch) = removed {
-                ch.on_data(stream, data)?;
-                ch.on_close(code, value, message);
-            }
-        }
+        } => close(conn, channel, Some((stream, data)), code, value, message)?,
         other => return Err(format!("unexpected {} after login", describe(&other))),
     }
     Ok(())
