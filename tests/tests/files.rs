@@ -169,13 +169,30 @@ fn put_and_get_round_trip_verified_and_atomic() {
         out.stdout_text()
     );
 
-    // No overwrite without --force, on either side.
+    // The same file again (a re-run after a lost result) is confirmed by
+    // its hash, nothing sent; other content is not overwritten without
+    // --force, on either side.
+    let again = run_in(&d, local.path(), &["put", "a.bin"]);
+    ok(&again);
+    assert!(
+        again.stderr_text().contains("already on the server"),
+        "{}",
+        again.stderr_text()
+    );
+    assert_eq!(std::fs::read(home(&d).join("a.bin")).unwrap(), original);
+    write_random(&local.path().join("same-size.bin"), 3 * MIB + 17, 3);
     fails(
-        &run_in(&d, local.path(), &["put", "a.bin"]),
+        &run_in(&d, local.path(), &["put", "same-size.bin", "a.bin"]),
+        13,
+        "already exists with other content; use --force",
+    );
+    assert_eq!(std::fs::read(home(&d).join("a.bin")).unwrap(), original);
+    let other = write_random(&local.path().join("b.bin"), MIB, 2);
+    fails(
+        &run_in(&d, local.path(), &["put", "b.bin", "a.bin"]),
         13,
         "already exists; use --force",
     );
-    let other = write_random(&local.path().join("b.bin"), MIB, 2);
     ok(&run_in(
         &d,
         local.path(),
@@ -186,6 +203,21 @@ fn put_and_get_round_trip_verified_and_atomic() {
     let back = tempfile::tempdir().unwrap();
     ok(&run_in(&d, back.path(), &["get", "a.bin"]));
     assert_eq!(std::fs::read(back.path().join("a.bin")).unwrap(), other);
+    let again = run_in(&d, back.path(), &["get", "a.bin"]);
+    ok(&again);
+    assert!(
+        again.stderr_text().contains("already here"),
+        "{}",
+        again.stderr_text()
+    );
+    let changed = write_random(&back.path().join("a.bin"), MIB, 4);
+    fails(
+        &run_in(&d, back.path(), &["get", "a.bin"]),
+        13,
+        "already exists with other content; use --force",
+    );
+    assert_eq!(std::fs::read(back.path().join("a.bin")).unwrap(), changed);
+    std::fs::write(back.path().join("a.bin"), b"short").unwrap();
     fails(
         &run_in(&d, back.path(), &["get", "a.bin"]),
         13,

@@ -158,6 +158,11 @@ pub fn put(ctx: &Ctx<'_>, args: &[&str]) -> Result<(), Failure> {
                 format!("{path}: is a directory"),
             ));
         }
+        // The same content again (a re-run after an upload whose result
+        // never reached the client) is not a conflict: the client checks.
+        Ok(st) if !opts.force && jail::is_file(&st) && file_size(&st) == opts.size => {
+            return confirm_same(ctx, &target, path, opts.size);
+        }
         Ok(_) if !opts.force => {
             return Err(Failure::new(
                 Code::AlreadyExists,
@@ -329,6 +334,71 @@ pub fn put(ctx: &Ctx<'_>, args: &[&str]) -> Result<(), Failure> {
     ch.set_result(
         i64::try_from(received).unwrap_or(i64::MAX),
         &format!("{target}: {received} bytes"),
+    );
+    Ok(())
+}
+
+/// `put` of a file that exists with the upload's size, without --force: the
+/// whole file is offered as if it were a complete partial. A client with
+/// the same content starts at the end and confirms the hash: the upload
+/// succeeds with nothing sent. Other content is refused as a conflict.
+fn confirm_same(
+    ctx: &Ctx<'_>,
+    target: &jail::JailPath,
+    path: &str,
+    size: u64,
+) -> Result<(), Failure> {
+    let fd = ctx.jail.open_read(target, path)?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| failure(path, e))?;
+    if !jail::is_file(&st) || file_size(&st) != size {
+        return Err(Failure::new(
+            Code::AlreadyExists,
+            format!("{path}: already exists; use --force to replace it"),
+        ));
+    }
+    let file = File::from(fd);
+    let mut buf = vec![0u8; CHUNK];
+    let hash = hex(&hash_prefix(&file, size, &mut buf, path)?);
+    let ch = ctx.call.channel();
+    protocol::send(
+        ch,
+        &Message::Offer {
+            offset: size,
+            hash: hash.clone(),
+        },
+    )?;
+    let mut reader = Reader::new(ch);
+    let differs = || {
+        Failure::new(
+            Code::AlreadyExists,
+            format!("{path}: already exists with other content; use --force to replace it"),
+        )
+    };
+    match reader.message(&mut buf, "start")? {
+        Message::Start { offset } if offset == size => {}
+        Message::Start { offset: 0 } => return Err(differs()),
+        other => {
+            return Err(Failure::bad_request(format!(
+                "expected a start message at 0 or {size}, got {other:?}"
+            )));
+        }
+    }
+    match reader.message(&mut buf, "end")? {
+        Message::End {
+            size: n,
+            hash: theirs,
+        } if n == size && theirs == hash => {}
+        Message::End { .. } => return Err(differs()),
+        other => {
+            return Err(Failure::bad_request(format!(
+                "expected the end message, got {other:?}"
+            )));
+        }
+    }
+    protocol::send(ch, &Message::End { size, hash })?;
+    ch.set_result(
+        i64::try_from(size).unwrap_or(i64::MAX),
+        &format!("{target}: already up to date ({size} bytes)"),
     );
     Ok(())
 }

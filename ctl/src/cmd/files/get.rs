@@ -161,6 +161,7 @@ pub async fn get_one(
     force: bool,
     progress: &Progress,
 ) -> Result<u64, ClientError> {
+    let mut same_size = false;
     match std::fs::symlink_metadata(&job.local) {
         Ok(meta) if meta.is_dir() => {
             return Err(local(
@@ -168,6 +169,9 @@ pub async fn get_one(
                 format!("{}: is a directory", job.local.display()),
             ));
         }
+        // Perhaps the same content (a re-run after a download whose end
+        // went unconfirmed): the server checks the hash.
+        Ok(meta) if !force && meta.is_file() && meta.len() == job.size => same_size = true,
         Ok(_) if !force => {
             return Err(local(
                 ErrorCode::AlreadyExists,
@@ -183,9 +187,103 @@ pub async fn get_one(
         .open("get", vec![job.remote.as_bytes().to_vec()])
         .await?;
     let bar = progress.file(&job.remote, job.size);
-    let result = download(&mut channel, job, force, progress, &bar).await;
+    let result = if same_size {
+        confirm_same(&mut channel, job, progress, &bar).await
+    } else {
+        download(&mut channel, job, force, progress, &bar).await
+    };
     bar.finish();
     result
+}
+
+/// `get` to an existing local file of the remote file's size, without
+/// --force: the whole local file is offered as a partial. The server
+/// starts at its end if its file hashes the same, and the download
+/// succeeds with nothing sent; other content is refused, nothing written.
+async fn confirm_same(
+    channel: &mut ChannelHandle,
+    job: &Job,
+    progress: &Progress,
+    bar: &FileBar,
+) -> Result<u64, ClientError> {
+    let shown = job.local.display().to_string();
+    let exists = |what: &str| {
+        local(
+            ErrorCode::AlreadyExists,
+            format!("{shown}: already exists{what}; use --force to replace it"),
+        )
+    };
+    let mut lines = Lines::default();
+    let size = match next_message(channel, &mut lines, "info").await? {
+        Message::Info { size, .. } => size,
+        other => return Err(unexpected(&other)),
+    };
+    let file = File::open(&job.local).map_err(|e| local_error(&job.local, &e))?;
+    let local_size = file
+        .metadata()
+        .map_err(|e| local_error(&job.local, &e))?
+        .len();
+    if local_size != size {
+        let _ = channel.cancel().await;
+        return Err(exists(""));
+    }
+    let ours = tokio::task::spawn_blocking(move || hash_prefix(&file, size))
+        .await
+        .map_err(|e| ClientError::failure(format!("hashing failed: {e}")))?
+        .map_err(|e| local_error(&job.local, &e))?
+        .finalize()
+        .to_hex()
+        .to_string();
+    let offer = Message::Offer {
+        offset: size,
+        hash: ours.clone(),
+    };
+    channel.send(stream::CONTROL, offer.line()).await?;
+    match next_message(channel, &mut lines, "start").await? {
+        Message::Start { offset } if offset == size => {}
+        Message::Start { offset: 0 } => {
+            let _ = channel.cancel().await;
+            return Err(exists(" with other content"));
+        }
+        other => return Err(unexpected(&other)),
+    }
+    let mut server_end = None;
+    loop {
+        match channel.recv().await {
+            Some(Event::Data {
+                stream: stream::CONTROL,
+                bytes,
+            }) => {
+                lines.push(&bytes);
+                while let Some(message) = lines.pop()? {
+                    match message {
+                        Message::End { size, hash } => server_end = Some((size, hash)),
+                        other => return Err(unexpected(&other)),
+                    }
+                }
+            }
+            Some(Event::Data { .. }) => {
+                return Err(ClientError::protocol(
+                    "sockd sent data after it agreed the file was complete",
+                ));
+            }
+            Some(Event::Eof { .. }) => {}
+            Some(Event::Closed {
+                code: ErrorCode::Ok,
+                ..
+            }) => break,
+            Some(Event::Closed { code, message, .. }) => return Err(closed_error(code, message)),
+            None => return Err(ClientError::protocol("the download ended without a result")),
+        }
+    }
+    match server_end {
+        Some((n, theirs)) if n == size && theirs == ours => {
+            progress.note(&format!("{shown}: already here, same content"));
+            bar.skip(size);
+            Ok(size)
+        }
+        _ => Err(exists(" and the server's size or hash does not match it")),
+    }
 }
 
 async fn download(

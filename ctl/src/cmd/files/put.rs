@@ -229,9 +229,14 @@ async fn upload(
         if prefix.finalize().to_hex().as_str() == their_hash {
             start = offset;
             hasher = prefix;
-            progress.note(&format!("resuming {shown} at {}", of(start, size)));
+            if start == size {
+                // The server has the whole file already (a re-run).
+                progress.note(&format!("{shown}: already on the server, same content"));
+            } else {
+                progress.note(&format!("resuming {shown} at {}", of(start, size)));
+            }
             bar.skip(start);
-        } else {
+        } else if offset < size {
             progress.note(&format!(
                 "{shown}: the partial upload on the server does not match; starting over"
             ));
