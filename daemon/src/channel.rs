@@ -684,6 +684,14 @@ impl Channel {
         } else {
             std::mem::take(&mut s.result_message)
         };
+        // A REPLY carries both if they fit in one frame of the client's
+        // size (its fields take 12 bytes more than a DATA's).
+        if s.held
+            .as_ref()
+            .is_some_and(|(_, data)| data.len() + text.len() + 12 > self.max_chunk)
+        {
+            self.send_held(&mut s);
+        }
         let close = match s.held.take() {
             Some((stream, data)) => Message::Reply {
                 channel: self.wire_id,
@@ -884,6 +892,59 @@ mod tests {
             ),
             rx,
         )
+    }
+
+    fn inline_reply_channel(max_chunk: usize) -> (Arc<Channel>, mpsc::UnboundedReceiver<Message>) {
+        let (tx, rx) = crate::outbound::channel();
+        let owner = Owner {
+            session_id: 1,
+            user: "u".into(),
+            plugin: "p".into(),
+        };
+        let oneshot = Oneshot {
+            input_ended: true,
+            replies: true,
+        };
+        let ch = Channel::new(1, owner, "t".into(), tx, 64, 1 << 20, max_chunk, oneshot);
+        ch.set_inline();
+        (ch, rx)
+    }
+
+    #[test]
+    fn an_inline_calls_last_write_leaves_with_its_close_when_it_fits() {
+        let (ch, mut rx) = inline_reply_channel(64);
+        ch.write(0, b"first").unwrap();
+        ch.write(0, b"last").unwrap();
+        ch.finish(ErrorCode::Ok, "");
+        assert!(matches!(rx.try_recv(), Ok(Message::Data { data, .. }) if &data[..] == b"first"));
+        assert!(matches!(rx.try_recv(), Ok(Message::Reply { data, .. }) if &data[..] == b"last"));
+        assert!(rx.try_recv().is_err());
+        // After its end the call reads nothing.
+        let mut stream = 9;
+        assert_eq!(
+            ch.read(&mut stream, &mut [0u8; 4], Some(Duration::ZERO)),
+            Err(ChannelError::Closed)
+        );
+
+        // The input ended with the OPEN (a CALL): a poll finds the end of
+        // stream 0. Too large for one frame of the client's size: DATA,
+        // then CLOSE.
+        let (ch, mut rx) = inline_reply_channel(64);
+        let mut stream = 9;
+        assert!(matches!(
+            ch.read(&mut stream, &mut [0u8; 4], Some(Duration::ZERO)),
+            Ok(ReadOutcome::Eof { stream: 0 })
+        ));
+        ch.write(0, &[7u8; 60]).unwrap();
+        ch.finish(ErrorCode::Internal, "a message that does not fit");
+        assert!(matches!(rx.try_recv(), Ok(Message::Data { data, .. }) if data.len() == 60));
+        assert!(matches!(rx.try_recv(), Ok(Message::Close { .. })));
+
+        // Left pending (or sent to a thread): what was held goes out now.
+        let (ch, mut rx) = inline_reply_channel(64);
+        ch.write(0, b"early").unwrap();
+        ch.clear_inline();
+        assert!(matches!(rx.try_recv(), Ok(Message::Data { data, .. }) if &data[..] == b"early"));
     }
 
     #[test]

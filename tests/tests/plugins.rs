@@ -379,6 +379,39 @@ fn one_shot_calls_take_one_frame_each_way_when_both_sides_say_so() {
                 ..
             })
         ));
+        // A CALL on a number still in use is refused as an OPEN would be,
+        // and a REPLY is the server's to send: both end that connection.
+        c.send(call(5, "sleep", b"30")).await;
+        c.send(call(5, "pong", b"again")).await;
+        match c.recv().await {
+            Some(Message::Error {
+                code: ErrorCode::Protocol,
+                message,
+            }) => {
+                assert!(message.contains("channel 5 is already open"), "{message}");
+            }
+            other => panic!("expected ERROR protocol, got {other:?}"),
+        }
+        old.send(Message::Reply {
+            channel: 7,
+            stream: 0,
+            data: bytes::Bytes::from_static(b"x"),
+            code: ErrorCode::Ok,
+            value: 0,
+            message: String::new(),
+        })
+        .await;
+        match old.recv().await {
+            Some(Message::Error {
+                code: ErrorCode::Protocol,
+                message,
+            }) => {
+                assert!(message.contains("Reply is not allowed"), "{message}");
+            }
+            other => panic!("expected ERROR protocol, got {other:?}"),
+        }
+        // Everyone else is still served.
+        assert_eq!(d.run(&["call", "whoami"]).code(), 0);
     });
 }
 
