@@ -625,7 +625,7 @@ fn dispatch<'a>(chat: &'a Chat, store: &'a Store, user: &str, request: Request) 
     let reference = request.reference;
     if let Some(seq) = request.ack {
         let user = user.to_string();
-        let pending = store.submit(move |t| t.ack(&user, seq));
+        let pending = store.submit_lazy(move |t| t.ack(&user, seq));
         return Owed {
             reference,
             quiet: true,

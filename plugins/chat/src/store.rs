@@ -49,6 +49,10 @@ const MAX_BATCH: usize = 8192;
 /// often the numbering mode is checked (another build's commits; whether
 /// this build is alone again).
 const TICK: Duration = Duration::from_millis(200);
+/// How long a batch of nothing but acknowledgements waits for other work to
+/// share its commit (the next message, usually): one round of fsyncs for
+/// both instead of two.
+const ACK_WAIT: Duration = Duration::from_millis(5);
 /// Lines of one sender's messages pushed to one recipient at once at most
 /// (one line may be longer).
 const PUSH_BYTES: usize = 32 * 1024;
@@ -119,9 +123,11 @@ type Job = Box<dyn FnOnce(&mut Tx<'_>) -> Done + Send>;
 enum Work {
     /// `live`: writes a message numbered from the roster (dropped unrun if
     /// an earlier live batch failed to commit).
+    /// `lazy`: its commit may wait [`ACK_WAIT`] for company.
     Job {
         job: Job,
         live: bool,
+        lazy: bool,
     },
     Stop,
 }
@@ -286,6 +292,16 @@ impl Store {
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, Failure> + Send + 'static,
         done: impl FnOnce(Result<T, Failure>) + Send + 'static,
     ) {
+        self.enqueue(live, false, f, done);
+    }
+
+    fn enqueue<T: Send + 'static>(
+        &self,
+        live: bool,
+        lazy: bool,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, Failure> + Send + 'static,
+        done: impl FnOnce(Result<T, Failure>) + Send + 'static,
+    ) {
         let job: Job = Box::new(move |t: &mut Tx<'_>| {
             let result = f(t);
             Box::new(move |committed: Result<(), Failure>| done(committed.and(result)))
@@ -293,19 +309,28 @@ impl Store {
         let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         // If the thread is gone the job (and `done`) is dropped, and a
         // waiter sees the store as stopped.
-        let _ = queue.send(Work::Job { job, live });
+        let _ = queue.send(Work::Job { job, live, lazy });
     }
 
     fn submit_as<T: Send + 'static>(
         &self,
-        live: bool,
+        lazy: bool,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, Failure> + Send + 'static,
     ) -> Pending<T> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.submit_then(live, f, move |result| {
+        self.enqueue(false, lazy, f, move |result| {
             let _ = tx.send(result);
         });
         Pending { rx }
+    }
+
+    /// As [`Store::submit`], for an acknowledgement: its commit may wait a
+    /// few milliseconds to share the next message's (see [`ACK_WAIT`]).
+    pub fn submit_lazy<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, Failure> + Send + 'static,
+    ) -> Pending<T> {
+        self.submit_as(true, f)
     }
 
     /// Queues `f` to run in the next batch's transaction; its result is
@@ -924,8 +949,8 @@ impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Work>) {
         let mut stopping = false;
         while !stopping {
-            let first = match rx.recv_timeout(TICK) {
-                Ok(Work::Job { job, live }) => (job, live),
+            let (first, mut lazy) = match rx.recv_timeout(TICK) {
+                Ok(Work::Job { job, live, lazy }) => ((job, live), lazy),
                 Ok(Work::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     stopping = self.check_mode(&rx);
@@ -934,7 +959,10 @@ impl Worker {
                 }
             };
             let mut batch = vec![first];
-            stopping = take_queued(&rx, &mut batch, MAX_BATCH);
+            stopping = take_queued(&rx, &mut batch, MAX_BATCH, &mut lazy);
+            if lazy && !stopping {
+                stopping = wait_for_company(&rx, &mut batch, &mut lazy);
+            }
             let end = self.run_batch(batch);
             if self.live && (end.other_writer || end.failed) {
                 stopping |= self.leave_live(&rx, end.failed);
@@ -972,7 +1000,7 @@ impl Worker {
         // Held throughout: nothing is numbered while the roster is loaded.
         let mut mode = shared.mode();
         let mut batch = Vec::new();
-        let stopping = take_queued(rx, &mut batch, usize::MAX);
+        let stopping = take_queued(rx, &mut batch, usize::MAX, &mut false);
         if !batch.is_empty() {
             self.run_batch(batch);
         }
@@ -1008,7 +1036,7 @@ impl Worker {
         self.live = false;
         // Everything numbered from the roster is queued by now.
         let mut batch = Vec::new();
-        let stopping = take_queued(rx, &mut batch, usize::MAX);
+        let stopping = take_queued(rx, &mut batch, usize::MAX, &mut false);
         if lost {
             // Numbered after the lost ones: refused too (their waiters see
             // the store as unavailable). Listeners start again.
@@ -1188,15 +1216,47 @@ impl Worker {
 
 /// Takes the jobs already queued, up to `max` in `batch`; true if a Stop
 /// was among them.
-fn take_queued(rx: &mpsc::Receiver<Work>, batch: &mut Vec<(Job, bool)>, max: usize) -> bool {
+/// Adds what is queued to `batch`; `lazy` stays true only while every job
+/// is. True if a Stop was seen.
+fn take_queued(
+    rx: &mpsc::Receiver<Work>,
+    batch: &mut Vec<(Job, bool)>,
+    max: usize,
+    lazy: &mut bool,
+) -> bool {
     while batch.len() < max {
         match rx.try_recv() {
-            Ok(Work::Job { job, live }) => batch.push((job, live)),
+            Ok(Work::Job { job, live, lazy: l }) => {
+                *lazy &= l;
+                batch.push((job, live));
+            }
             Ok(Work::Stop) => return true,
             Err(_) => break,
         }
     }
     false
+}
+
+/// A batch of acknowledgements only: waits up to [`ACK_WAIT`] for a job
+/// that is not, then takes what else is queued. True if a Stop was seen.
+fn wait_for_company(
+    rx: &mpsc::Receiver<Work>,
+    batch: &mut Vec<(Job, bool)>,
+    lazy: &mut bool,
+) -> bool {
+    let deadline = Instant::now() + ACK_WAIT;
+    while *lazy && batch.len() < MAX_BATCH {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Work::Job { job, live, lazy: l }) => {
+                *lazy &= l;
+                batch.push((job, live));
+            }
+            Ok(Work::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+            Err(mpsc::RecvTimeoutError::Timeout) => return false,
+        }
+    }
+    take_queued(rx, batch, MAX_BATCH, lazy)
 }
 
 /// The durable id reservation: every id handed out from memory is below
