@@ -310,12 +310,11 @@ async fn run_session(
     let max_channels = config.server.max_channels_per_connection;
     let replies = client.capabilities.iter().any(|c| c == ONESHOT);
     let mut channels = OpenChannels::default();
-    let mut kick = session.kicked();
     let mut going_away = false;
     let mut writer_done = false;
     // The waits that outlive a frame are made once, not per loop: each
     // new one would register with its watch or timer wheel again.
-    let kicked = kick.changed();
+    let kicked = session.kicked();
     let stopping = shutdown.recv();
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(kicked, stopping, idle_timer);
@@ -480,7 +479,7 @@ async fn run_session(
                 }
                 idle_timer.as_mut().reset(now + idle);
             }
-            _ = &mut kicked => {
+            () = &mut kicked => {
                 fatal(ErrorCode::Kicked, "session closed by an administrator".into());
                 break;
             }

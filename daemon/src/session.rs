@@ -9,23 +9,31 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 pub struct Session {
     pub id: u64,
     pub user: Arc<str>,
     pub peer: SocketAddr,
-    /// `peer` as text, formatted once for every call that is told it.
-    pub peer_text: Box<str>,
+    /// `peer` as text, formatted on first use ([`Session::peer_text`]).
+    peer_text: OnceLock<Box<str>>,
     pub since: SystemTime,
     /// The user's home directory (state_dir/home/USER), told to every call.
     pub home: PathBuf,
     /// A channel was opened: plugins may keep something for the session.
     opened_channels: AtomicBool,
-    kick: watch::Sender<bool>,
+    /// Notified once when an administrator kicks the session (a stored
+    /// permit if its connection is not waiting yet).
+    kick: Notify,
 }
 
 impl Session {
+    /// `peer` as text, formatted once, for the first call that is told it
+    /// (a session that makes no call never formats it).
+    pub fn peer_text(&self) -> &str {
+        self.peer_text.get_or_init(|| self.peer.to_string().into())
+    }
+
     /// Notes that the session opened a channel (called for each OPEN).
     pub fn opened_channel(&self) {
         if !self.opened_channels.load(Ordering::Relaxed) {
@@ -40,8 +48,8 @@ impl Session {
     }
 
     /// Resolves when an administrator kicks this session.
-    pub fn kicked(&self) -> watch::Receiver<bool> {
-        self.kick.subscribe()
+    pub async fn kicked(&self) {
+        self.kick.notified().await;
     }
 
     pub fn info(&self) -> sockd_proto::control::SessionInfo {
@@ -51,7 +59,7 @@ impl Session {
         sockd_proto::control::SessionInfo {
             id: self.id,
             user: self.user.to_string(),
-            address: self.peer_text.to_string(),
+            address: self.peer_text().to_string(),
             since: self
                 .since
                 .duration_since(UNIX_EPOCH)
@@ -86,11 +94,11 @@ impl Sessions {
             id,
             user: user.into(),
             peer,
-            peer_text: peer.to_string().into(),
+            peer_text: OnceLock::new(),
             since: SystemTime::now(),
             home,
             opened_channels: AtomicBool::new(false),
-            kick: watch::channel(false).0,
+            kick: Notify::new(),
         });
         self.map
             .write()
@@ -130,7 +138,7 @@ impl Sessions {
     pub fn kick(&self, id: u64) -> bool {
         match self.map.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
             Some(s) => {
-                s.kick.send_replace(true);
+                s.kick.notify_one();
                 true
             }
             None => false,

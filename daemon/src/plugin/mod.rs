@@ -763,7 +763,7 @@ impl RunningCall {
             command: SockdStr::from_slice(req.channel.command.as_bytes()),
             argc: argv.len(),
             argv: argv.as_ptr(),
-            peer: SockdStr::from_slice(session.peer_text.as_bytes()),
+            peer: SockdStr::from_slice(session.peer_text().as_bytes()),
             flags,
         };
         tracing::debug!(plugin = %self.name, command = %req.channel.command, session = session.id, "call started");
