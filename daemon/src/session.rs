@@ -153,3 +153,22 @@ impl Sessions {
             .any(|s| *s.user == *user)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_kick_before_the_session_waits_for_it_is_not_lost() {
+        let sessions = Sessions::global();
+        let session = sessions.register("kick-early", "127.0.0.1:9".parse().unwrap(), "/h".into());
+        assert!(sessions.kick(session.id));
+        tokio::time::timeout(Duration::from_secs(5), session.kicked())
+            .await
+            .expect("the kick is seen");
+        assert_eq!(session.peer_text(), "127.0.0.1:9");
+        sessions.remove(session.id);
+        assert!(!sessions.kick(session.id));
+    }
+}
