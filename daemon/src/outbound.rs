@@ -145,8 +145,8 @@ impl Outbound {
 /// The connection's writer: sends queued messages in order until the queue
 /// closes, batching what is queued at once into one flush. Bulk DATA goes
 /// to TLS without being copied into an output buffer first. Reports each
-/// message to the backlog once it is handed on, and each CLOSE to
-/// `on_close` so the channel number can be freed.
+/// message to the backlog once it is handed on, and each channel's end
+/// (CLOSE or REPLY) to `on_close`, with its channel number.
 ///
 /// At the end it closes the TLS stream (close_notify), unless `peer_closed`
 /// says the client ended the connection first: it reads nothing more, and
