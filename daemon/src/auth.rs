@@ -3,7 +3,8 @@
 //! Every attempt gets a fresh 32-byte challenge from `SystemRandom`. An
 //! unknown user, or a known one asking with the wrong kind of credential,
 //! runs the same exchange against stable fake parameters, so the reply and
-//! its timing are the same as for a wrong secret. Failures are penalised
+//! its timing are the same as for a wrong secret: every attempt derives
+//! the fake parameters, and uses them only if the user is unknown. Failures are penalised
 //! per user name and per source address before the next attempt.
 //!
 //! A key login takes one flight: the server's first flight carries an
@@ -106,28 +107,23 @@ pub async fn authenticate(
         let known = users
             .get(&user)
             .filter(|c| c.kind == kind && crate::users::valid_user_name(&user));
-        let fake;
-        let credential = match known {
-            Some(c) => c,
-            None => {
-                fake = auth::fake_credential(
-                    &shared.fake_secret,
-                    &user,
-                    kind,
-                    config.auth.fake_iterations,
-                );
-                &fake
-            }
-        };
+        // Derived for known users too, so that both paths do the same work.
+        let fake = std::hint::black_box(shared.fake_credentials.derive(
+            &user,
+            kind,
+            config.auth.fake_iterations,
+        ));
+        let credential = known.unwrap_or(&fake);
 
         // Every key credential is salted with the realm, so a key
         // challenge names it whoever asks: an unknown user's looks the same.
-        let (server_nonce, salt) = match advance.take() {
-            Some(a) if kind == CredentialKind::Key => {
+        let answered = advance.take().filter(|_| kind == CredentialKind::Key);
+        let (server_nonce, salt): (_, &[u8]) = match &answered {
+            Some(a) => {
                 tracing::debug!(%peer, user = %user, "key attempt answers the advance challenge (one flight)");
-                (a.server_nonce, a.realm.to_vec())
+                (a.server_nonce, &a.realm)
             }
-            _ => {
+            None => {
                 let mut server_nonce = [0u8; NONCE_LEN];
                 if rng.fill(&mut server_nonce).is_err() {
                     return Err(link
@@ -135,13 +131,13 @@ pub async fn authenticate(
                         .await
                         .into());
                 }
-                let salt = match kind {
-                    CredentialKind::Key => users.realm().to_vec(),
-                    CredentialKind::Password => credential.salt.clone(),
+                let salt: &[u8] = match kind {
+                    CredentialKind::Key => users.realm(),
+                    CredentialKind::Password => &credential.salt,
                 };
                 link.send(Message::AuthChallenge {
                     server_nonce,
-                    salt: salt.clone().into(),
+                    salt: salt.to_vec().into(),
                     iterations: credential.iterations,
                 })
                 .await?;
@@ -158,7 +154,7 @@ pub async fn authenticate(
             kind,
             client_nonce: &client_nonce,
             server_nonce: &server_nonce,
-            salt: &salt,
+            salt,
             iterations: credential.iterations,
             channel_binding,
         };

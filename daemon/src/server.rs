@@ -50,8 +50,8 @@ pub struct Shared {
     plugins: Arc<PluginHost>,
     pub config_path: PathBuf,
     pub penalties: Penalties,
-    /// Derives stable fake parameters for unknown users.
-    pub fake_secret: Vec<u8>,
+    /// Stable fake parameters for unknown users.
+    pub fake_credentials: sockd_proto::auth::FakeCredentials,
     pub started: Instant,
     pub listen: Vec<SocketAddr>,
     /// The control socket's path: the inherited socket's own under socket
@@ -336,7 +336,7 @@ pub async fn run(startup: Startup) -> Result<(), String> {
         tls: RwLock::new(tls),
         plugins,
         config_path,
-        fake_secret,
+        fake_credentials: sockd_proto::auth::FakeCredentials::new(&fake_secret),
         started: Instant::now(),
         listen: listen.clone(),
         control_socket: control_socket.clone(),

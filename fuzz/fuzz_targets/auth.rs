@@ -95,7 +95,7 @@ fn server_reads_start(bytes: &[u8]) {
         return;
     };
     let _ = sockd::users::valid_user_name(&user);
-    let stored = auth::fake_credential(b"server secret", &user, kind, auth::MIN_ITERATIONS);
+    let stored = auth::FakeCredentials::new(b"server secret").derive(&user, kind, auth::MIN_ITERATIONS);
     assert_eq!(
         auth::check_challenge(kind, &stored.salt, stored.iterations),
         Ok(()),

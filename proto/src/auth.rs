@@ -237,30 +237,48 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Parameters for a user that does not exist, derived from a server secret
-/// so they are stable across attempts and restarts, like a real user's.
-pub fn fake_credential(
-    server_secret: &[u8],
-    user: &str,
-    kind: CredentialKind,
-    iterations: u32,
-) -> StoredCredential {
-    let mut input = Vec::with_capacity(user.len() + 8);
-    input.extend_from_slice(b"salt\0");
-    input.extend_from_slice(user.as_bytes());
-    let salt = hmac32(server_secret, &input)[..SALT_LEN].to_vec();
-    input[..5].copy_from_slice(b"keys\0");
-    let keys = derive_keys(&hmac32(server_secret, &input));
-    let iterations = match kind {
-        CredentialKind::Password => iterations,
-        CredentialKind::Key => 0,
-    };
-    StoredCredential {
-        kind,
-        salt,
-        iterations,
-        stored_key: keys.stored_key,
-        server_key: keys.server_key,
+/// Login parameters for users that do not exist, derived from a server
+/// secret so that they are stable across attempts and restarts, like a
+/// real user's. The HMAC key is prepared once, so a derivation is two short
+/// HMACs; the server derives them on every attempt, for known users too,
+/// so that both paths do the same work (docs/SECURITY.md).
+pub struct FakeCredentials {
+    key: hmac::Key,
+}
+
+impl FakeCredentials {
+    pub fn new(server_secret: &[u8]) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, server_secret),
+        }
+    }
+
+    /// The parameters an unknown `user` logs in against.
+    pub fn derive(&self, user: &str, kind: CredentialKind, iterations: u32) -> StoredCredential {
+        let salt = self.mac(b"salt\0", user)[..SALT_LEN].to_vec();
+        let stored_key = self.mac(b"keys\0", user);
+        let iterations = match kind {
+            CredentialKind::Password => iterations,
+            CredentialKind::Key => 0,
+        };
+        StoredCredential {
+            kind,
+            salt,
+            iterations,
+            stored_key,
+            // No proof verifies against a StoredKey nobody derived from a
+            // secret, so no server signature is ever made with this.
+            server_key: stored_key,
+        }
+    }
+
+    fn mac(&self, label: &[u8], user: &str) -> [u8; 32] {
+        let mut context = hmac::Context::with_key(&self.key);
+        context.update(label);
+        context.update(user.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(context.sign().as_ref());
+        out
     }
 }
 
@@ -413,27 +431,27 @@ mod tests {
 
     #[test]
     fn fake_credentials_are_stable_and_user_specific() {
-        let a = fake_credential(
-            b"secret",
+        let fakes = FakeCredentials::new(b"secret");
+        let a = fakes.derive("mallory", CredentialKind::Password, DEFAULT_ITERATIONS);
+        let b = FakeCredentials::new(b"secret").derive(
             "mallory",
             CredentialKind::Password,
             DEFAULT_ITERATIONS,
         );
-        let b = fake_credential(
-            b"secret",
-            "mallory",
-            CredentialKind::Password,
-            DEFAULT_ITERATIONS,
-        );
-        let c = fake_credential(
-            b"secret",
-            "trudy",
-            CredentialKind::Password,
-            DEFAULT_ITERATIONS,
-        );
-        assert_eq!(a, b);
+        let c = fakes.derive("trudy", CredentialKind::Password, DEFAULT_ITERATIONS);
+        assert_eq!(a, b, "the same after a restart");
         assert_ne!(a.salt, c.salt);
+        assert_ne!(a.stored_key, c.stored_key);
         assert_eq!(a.salt.len(), SALT_LEN);
+        let other_secret = FakeCredentials::new(b"other").derive(
+            "mallory",
+            CredentialKind::Password,
+            DEFAULT_ITERATIONS,
+        );
+        assert_ne!(a.salt, other_secret.salt);
+        let key = fakes.derive("mallory", CredentialKind::Key, DEFAULT_ITERATIONS);
+        assert_eq!(key.iterations, 0);
+        assert!(check_challenge(CredentialKind::Password, &a.salt, a.iterations).is_ok());
     }
 
     #[test]
