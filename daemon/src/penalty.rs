@@ -9,20 +9,38 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    User(String),
-    Source(IpAddr),
-}
-
 struct Entry {
     failures: u32,
     until: Instant,
 }
 
+impl Entry {
+    /// Counts a failure at `now`; returns the new penalty.
+    fn fail(&mut self, now: Instant, base: Duration, max: Duration) -> Duration {
+        // A long quiet spell forgives earlier failures.
+        if now.saturating_duration_since(self.until) > max * 2 {
+            self.failures = 0;
+        }
+        self.failures = self.failures.saturating_add(1);
+        let penalty = base
+            .saturating_mul(1u32 << (self.failures - 1).min(20))
+            .min(max);
+        self.until = now + penalty;
+        penalty
+    }
+}
+
+/// Penalised user names and source addresses, in maps of their own so that
+/// a login looks its user up by `&str` without allocating.
+#[derive(Default)]
+struct Failures {
+    users: HashMap<String, Entry>,
+    sources: HashMap<IpAddr, Entry>,
+}
+
 pub struct Penalties {
     limits: Mutex<(Duration, Duration)>,
-    map: Mutex<HashMap<Key, Entry>>,
+    failures: Mutex<Failures>,
 }
 
 /// Entries kept before expired ones are swept.
@@ -32,7 +50,7 @@ impl Penalties {
     pub fn new(base: Duration, max: Duration) -> Self {
         Self {
             limits: Mutex::new((base, max)),
-            map: Mutex::new(HashMap::new()),
+            failures: Mutex::new(Failures::default()),
         }
     }
 
@@ -44,10 +62,10 @@ impl Penalties {
     /// How long an attempt for `user` from `source` must wait now.
     pub fn wait_for(&self, user: &str, source: IpAddr) -> Duration {
         let now = Instant::now();
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        [Key::User(user.to_string()), Key::Source(source)]
-            .iter()
-            .filter_map(|k| map.get(k))
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        [failures.users.get(user), failures.sources.get(&source)]
+            .into_iter()
+            .flatten()
             .map(|e| e.until.saturating_duration_since(now))
             .max()
             .unwrap_or_default()
@@ -57,37 +75,39 @@ impl Penalties {
     pub fn failed(&self, user: &str, source: IpAddr) -> Duration {
         let now = Instant::now();
         let (base, max) = *self.limits.lock().unwrap_or_else(|p| p.into_inner());
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > SWEEP_AT {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.users.len() + failures.sources.len() > SWEEP_AT {
             let forget = max * 2;
-            map.retain(|_, e| now.saturating_duration_since(e.until) < forget);
+            let live = |e: &mut Entry| now.saturating_duration_since(e.until) < forget;
+            failures.users.retain(|_, e| live(e));
+            failures.sources.retain(|_, e| live(e));
         }
-        let mut longest = Duration::ZERO;
-        for key in [Key::User(user.to_string()), Key::Source(source)] {
-            let e = map.entry(key).or_insert(Entry {
-                failures: 0,
-                until: now,
-            });
-            // A long quiet spell forgives earlier failures.
-            if now.saturating_duration_since(e.until) > max * 2 {
-                e.failures = 0;
-            }
-            e.failures = e.failures.saturating_add(1);
-            let penalty = base
-                .saturating_mul(1u32 << (e.failures - 1).min(20))
-                .min(max);
-            e.until = now + penalty;
-            longest = longest.max(penalty);
-        }
-        longest
+        let new = || Entry {
+            failures: 0,
+            until: now,
+        };
+        let by_user = match failures.users.get_mut(user) {
+            Some(e) => e.fail(now, base, max),
+            None => failures
+                .users
+                .entry(user.to_string())
+                .or_insert_with(new)
+                .fail(now, base, max),
+        };
+        let by_source = failures
+            .sources
+            .entry(source)
+            .or_insert_with(new)
+            .fail(now, base, max);
+        by_user.max(by_source)
     }
 
     /// A successful login clears the user's penalty (not the source's).
     pub fn succeeded(&self, user: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&Key::User(user.to_string()));
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if !failures.users.is_empty() {
+            failures.users.remove(user);
+        }
     }
 }
 
