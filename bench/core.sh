@@ -32,7 +32,7 @@ for _ in $(seq 200); do [ -s "$dir/client.toml" ] && break; sleep 0.05; done
 bench() { target/release/sockbench --config "$dir/client.toml" "$@"; }
 echo "== machine: $(nproc) cores, $(uname -r); sockd pid $pid"
 echo "== logins (TLS 1.3, ECDSA P-256 self-signed, key credential)"
-bench logins --seconds 5 --concurrency 8 --pid "$pid"
+bench logins --seconds 30 --concurrency 8 --pid "$pid"
 echo "== idle memory"
 bench idle --count 1000 --pid "$pid"
 echo "== plugin calls beside pings, interleaved: testkit pong (inline, on the connection's task: writes its 8-byte argument back as a PING's payload comes back), whoami-blocking (on a call thread), a refused OPEN"

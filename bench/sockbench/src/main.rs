@@ -124,25 +124,25 @@ async fn run(args: Args) -> Result<(), String> {
     }
 }
 
-/// CPU time (user + system) a process has used, in microseconds.
+/// CPU time a process has used, in microseconds: the sum of its threads'
+/// run times from /proc (nanosecond counters; /proc/PID/stat counts in
+/// 10 ms ticks, a few percent of a half-second slice).
 fn cpu_micros(pid: u32) -> Result<u64, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("pid {pid}: {e}"))?;
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or("bad /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields
-        .get(11..13)
-        .ok_or("short /proc stat")?
-        .iter()
-        .filter_map(|f| f.parse::<u64>().ok())
-        .sum();
-    // USER_HZ is 100 on every Linux architecture sockd supports.
-    let hz = 100u64;
-    Ok(ticks * 1_000_000 / hz)
+    let tasks =
+        std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| format!("pid {pid}: {e}"))?;
+    let mut nanos = 0u64;
+    for task in tasks.flatten() {
+        // A thread that ended since the listing is skipped: its time is
+        // lost to the slice, which only idle blocking-pool threads do.
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+            nanos += stat
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or("bad /proc schedstat")?;
+        }
+    }
+    Ok(nanos / 1000)
 }
 
 async fn bare_tls(settings: &Settings) -> Result<(), String> {
@@ -194,16 +194,18 @@ async fn logins(
             "login" => login,
             other => return Err(format!("--only {other}: not one of bare, login")),
         };
-        let (rate, cpu) = interleaved(seconds, concurrency, &[op], pid).await?[0];
-        let cpu = cpu
+        let m = &interleaved(seconds, concurrency, &[op], pid).await?[0];
+        let rate = m.per_sec;
+        let cpu = m
+            .cpu_per_op
             .map(|c| format!("; daemon CPU {c:.1} us/connection"))
             .unwrap_or_default();
         println!("{only}: {rate:>8.0}/s{cpu}");
         return Ok(());
     }
     // Interleaved, so that both see the same machine.
-    let rates = interleaved(seconds, concurrency, &[bare, login], pid).await?;
-    let [(tls, tls_cpu), (login, login_cpu)] = [rates[0], rates[1]];
+    let measured = interleaved(seconds, concurrency, &[bare, login], pid).await?;
+    let (tls, login) = (measured[0].per_sec, measured[1].per_sec);
     println!(
         "bare TLS 1.3 handshakes: {tls:>8.0}/s  ({concurrency} concurrent, {seconds} s each, interleaved; client and daemon share the machine)"
     );
@@ -212,10 +214,16 @@ async fn logins(
         "end to end, authentication adds {:.1}% to a handshake",
         (tls / login - 1.0) * 100.0
     );
-    if let (Some(t), Some(l)) = (tls_cpu, login_cpu) {
+    if let (Some(t), Some(l)) = (measured[0].cpu_per_op, measured[1].cpu_per_op) {
         println!(
             "daemon CPU per connection: {t:.0} us bare TLS, {l:.0} us with login: authentication adds {:.1}%",
             (l / t - 1.0) * 100.0
+        );
+    }
+    if let Some((median, low, high)) = added_by_round(&measured[0], &measured[1]) {
+        println!(
+            "  round by round ({} rounds): median {median:+.1}%, quartiles {low:+.1}% to {high:+.1}%",
+            measured[0].rounds.len()
         );
     }
     Ok(())
@@ -299,22 +307,30 @@ type Op = Arc<
         + Sync,
 >;
 
+/// What [`interleaved`] measured of one operation.
+struct Measured {
+    per_sec: f64,
+    /// Daemon CPU microseconds per operation, given its pid.
+    cpu_per_op: Option<f64>,
+    /// The same for each round's slice, in order.
+    rounds: Vec<f64>,
+}
+
 /// Runs each of `ops` for `seconds` in total from `concurrency` tasks, in
-/// alternating half-second slices, so that all of them see the same load
-/// on a shared machine; returns operations/s for each and, given the
-/// daemon's `pid`, its CPU microseconds per operation.
+/// rounds of one half-second slice each, so that all of them see the same
+/// load on a shared machine; returns what each measured.
 async fn interleaved(
     seconds: u64,
     concurrency: usize,
     ops: &[Op],
     pid: Option<u32>,
-) -> Result<Vec<(f64, Option<f64>)>, String> {
+) -> Result<Vec<Measured>, String> {
     const SLICE: Duration = Duration::from_millis(500);
     let mut done = vec![0u64; ops.len()];
     let mut spent = vec![Duration::ZERO; ops.len()];
     let mut cpu = vec![0u64; ops.len()];
-    let rounds = (seconds * 2).max(1);
-    for _ in 0..rounds {
+    let mut rounds = vec![Vec::new(); ops.len()];
+    for _ in 0..(seconds * 2).max(1) {
         for (i, op) in ops.iter().enumerate() {
             let count = Arc::new(AtomicU64::new(0));
             let cpu_before = pid.map(cpu_micros).transpose()?;
@@ -334,20 +350,43 @@ async fn interleaved(
             for t in tasks {
                 t.await.map_err(|e| e.to_string())??;
             }
-            done[i] += count.load(Ordering::Relaxed);
+            let count = count.load(Ordering::Relaxed);
+            done[i] += count;
             spent[i] += start.elapsed();
             if let (Some(pid), Some(before)) = (pid, cpu_before) {
-                cpu[i] += cpu_micros(pid)?.saturating_sub(before);
+                let used = cpu_micros(pid)?.saturating_sub(before);
+                cpu[i] += used;
+                rounds[i].push(used as f64 / count.max(1) as f64);
             }
         }
     }
-    Ok((0..ops.len())
-        .map(|i| {
-            let per_sec = done[i] as f64 / spent[i].as_secs_f64();
-            let per_op = pid.map(|_| cpu[i] as f64 / done[i].max(1) as f64);
-            (per_sec, per_op)
+    Ok(rounds
+        .into_iter()
+        .enumerate()
+        .map(|(i, rounds)| Measured {
+            per_sec: done[i] as f64 / spent[i].as_secs_f64(),
+            cpu_per_op: pid.map(|_| cpu[i] as f64 / done[i].max(1) as f64),
+            rounds,
         })
         .collect())
+}
+
+/// Median and quartiles of what `b` adds to `a`, in percent, round by
+/// round: a round that a burst elsewhere on the machine slowed counts once
+/// instead of weighing on the total.
+fn added_by_round(a: &Measured, b: &Measured) -> Option<(f64, f64, f64)> {
+    let mut added: Vec<f64> = a
+        .rounds
+        .iter()
+        .zip(&b.rounds)
+        .map(|(a, b)| (b / a - 1.0) * 100.0)
+        .collect();
+    if added.is_empty() {
+        return None;
+    }
+    added.sort_by(f64::total_cmp);
+    let at = |q: f64| added[((added.len() - 1) as f64 * q).round() as usize];
+    Some((at(0.5), at(0.25), at(0.75)))
 }
 
 async fn calls(
@@ -409,9 +448,10 @@ async fn calls(
                 ));
             }
         };
-        let rates = interleaved(seconds, connections, &[op], pid).await?;
-        let (rate, cpu) = rates[0];
-        let cpu = cpu
+        let m = &interleaved(seconds, connections, &[op], pid).await?[0];
+        let rate = m.per_sec;
+        let cpu = m
+            .cpu_per_op
             .map(|c| format!("; daemon CPU {c:.1} us/operation"))
             .unwrap_or_default();
         println!("{connections} connection(s): {only} {rate:>8.0}/s{cpu}");
@@ -419,17 +459,17 @@ async fn calls(
     }
     let mut ops = vec![ping];
     ops.extend(kinds.iter().map(|(_, c, e)| call_op(c, *e)));
-    let rates = interleaved(seconds, connections, &ops, pid).await?;
-    let (pings, ping_cpu) = rates[0];
+    let measured = interleaved(seconds, connections, &ops, pid).await?;
+    let (pings, ping_cpu) = (measured[0].per_sec, measured[0].cpu_per_op);
     let lines: Vec<_> = kinds
         .iter()
-        .zip(&rates[1..])
-        .map(|((kind, command, _), rate)| (*kind, *command, *rate))
+        .zip(&measured[1..])
+        .map(|((kind, command, _), m)| (*kind, *command, (m.per_sec, m.cpu_per_op)))
         .collect();
-    for &(kind, command, (calls, call_cpu)) in &lines {
-        let cpu = match (ping_cpu, call_cpu) {
-            (Some(p), Some(c)) => format!(
-                "; daemon CPU {p:.1} us/ping, {c:.1} us/call ({:+.1}%)",
+    for (&(kind, command, (calls, call_cpu)), m) in lines.iter().zip(&measured[1..]) {
+        let cpu = match (ping_cpu, call_cpu, added_by_round(&measured[0], m)) {
+            (Some(p), Some(c), Some((median, low, high))) => format!(
+                "; daemon CPU {p:.1} us/ping, {c:.1} us/call ({:+.1}%; round by round median {median:+.1}%, quartiles {low:+.1}% to {high:+.1}%)",
                 (c / p - 1.0) * 100.0
             ),
             _ => String::new(),
