@@ -86,14 +86,11 @@ impl Penalties {
             failures: 0,
             until: now,
         };
-        let by_user = match failures.users.get_mut(user) {
-            Some(e) => e.fail(now, base, max),
-            None => failures
-                .users
-                .entry(user.to_string())
-                .or_insert_with(new)
-                .fail(now, base, max),
-        };
+        let by_user = failures
+            .users
+            .entry(user.to_string())
+            .or_insert_with(new)
+            .fail(now, base, max);
         let by_source = failures
             .sources
             .entry(source)
@@ -104,10 +101,11 @@ impl Penalties {
 
     /// A successful login clears the user's penalty (not the source's).
     pub fn succeeded(&self, user: &str) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if !failures.users.is_empty() {
-            failures.users.remove(user);
-        }
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .users
+            .remove(user);
     }
 }
 
