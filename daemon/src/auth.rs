@@ -4,8 +4,9 @@
 //! unknown user, or a known one asking with the wrong kind of credential,
 //! runs the same exchange against stable fake parameters, so the reply and
 //! its timing are the same as for a wrong secret: every attempt derives
-//! the fake parameters, and uses them only if the user is unknown. Failures are penalised
-//! per user name and per source address before the next attempt.
+//! the fake parameters, and uses them only if the user is unknown.
+//! Failures are penalised per user name and per source address before the
+//! next attempt.
 //!
 //! A key login takes one flight: the server's first flight carries an
 //! [`AdvanceChallenge`] (fresh nonce, the realm as salt, 0 iterations), so
