@@ -153,6 +153,15 @@ pub struct Oneshot {
     pub replies: bool,
 }
 
+/// The next channel's handle: handles are never reused.
+static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
+
+/// How many channels this process has made: it grows with every OPEN and
+/// CALL, so an unchanged value means none since.
+pub fn made() -> u64 {
+    NEXT_HANDLE.load(Ordering::Relaxed) - 1
+}
+
 /// Owner details a plugin host needs for routing and reporting.
 #[derive(Debug, Clone)]
 pub struct Owner {
@@ -204,10 +213,9 @@ impl Channel {
         max_chunk: usize,
         oneshot: Oneshot,
     ) -> Arc<Self> {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(Channel {
             wire_id,
-            handle: NEXT.fetch_add(1, Ordering::Relaxed),
+            handle: NEXT_HANDLE.fetch_add(1, Ordering::Relaxed),
             owner,
             command,
             finished: AtomicBool::new(false),

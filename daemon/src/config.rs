@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub max_frame_size: u32,
     pub window: u32,
     pub shutdown_grace_secs: u64,
+    /// Seconds without a new channel, after some opened, before freed
+    /// memory is given back to the system (crate::release); 0 never.
+    pub release_memory_after_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +57,7 @@ impl Default for ServerConfig {
             max_frame_size: DEFAULT_MAX_FRAME,
             window: 1 << 20,
             shutdown_grace_secs: 30,
+            release_memory_after_secs: 10,
         }
     }
 }
@@ -65,6 +69,10 @@ impl ServerConfig {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn release_memory_after(&self) -> Duration {
+        Duration::from_secs(self.release_memory_after_secs)
     }
 
     pub fn users_file(&self) -> PathBuf {
@@ -398,6 +406,10 @@ mod tests {
         assert_eq!(c.server.max_frame_size, d.max_frame_size);
         assert_eq!(c.server.window, d.window);
         assert_eq!(c.server.idle_timeout_secs, d.idle_timeout_secs);
+        assert_eq!(
+            c.server.release_memory_after_secs,
+            d.release_memory_after_secs
+        );
         assert_eq!(c.auth.penalty_max_ms, AuthConfig::default().penalty_max_ms);
         assert_eq!(c.control.socket, ControlConfig::default().socket);
         assert_eq!(c.plugins.dir, PluginsConfig::default().dir);

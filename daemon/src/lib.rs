@@ -6,7 +6,8 @@
 //! [`auth`] (the server side of the exchange), [`connection`] (one client),
 //! [`channel`] (one operation), [`outbound`] (a connection's write queue
 //! and its bound), [`session`] (who is logged in),
-//! [`server`] (listeners, limits, shutdown), [`control`] (the Unix control
+//! [`server`] (listeners, limits, shutdown), [`release`] (freed memory
+//! back to the system when quiet), [`control`] (the Unix control
 //! socket), [`plugin`] (the plugin host), [`dev`] (`--dev` quickstart),
 //! [`shutdown`] (the broadcast stop signal), [`logging`], [`gen_cert`]
 //! (`sockd gen-cert`).
@@ -25,6 +26,7 @@ pub mod notify;
 pub mod outbound;
 pub mod penalty;
 pub mod plugin;
+pub mod release;
 pub mod server;
 pub mod session;
 pub mod shutdown;

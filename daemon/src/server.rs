@@ -357,6 +357,7 @@ pub async fn run(startup: Startup) -> Result<(), String> {
         shutdown.clone(),
     ));
     tokio::spawn(notify::watchdog(watchdog, shutdown.clone()));
+    tokio::spawn(crate::release::when_quiet(shared.clone(), shutdown.clone()));
 
     if let Some(f) = on_bound {
         f(&listen, &control_socket)?;

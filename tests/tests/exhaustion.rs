@@ -455,3 +455,57 @@ fn a_client_granting_a_huge_window_that_never_reads_leaves_the_daemon_flat() {
         );
     });
 }
+
+/// glibc keeps what a busy spell freed in its arenas; once no operation
+/// has started for `release_memory_after_secs`, the daemon gives it back,
+/// once per quiet spell.
+#[test]
+fn freed_memory_is_given_back_once_the_daemon_is_quiet() {
+    const RELEASED: &str = "freed memory given back to the system";
+    let d = Daemon::start_with(Options {
+        config: Some(config("").replace(
+            "shutdown_grace_secs = 10",
+            "shutdown_grace_secs = 10\nrelease_memory_after_secs = 1",
+        )),
+        ..Default::default()
+    });
+    // Less than a pipe holds: run_with_input writes it all before reading.
+    let input = vec![b'x'; 32 << 10];
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let out = d.run_with_input(&["call", "--stdin", "echo"], &input);
+                assert_eq!(out.code(), 0, "{}", out.stderr_text());
+                assert_eq!(out.stdout.len(), input.len());
+            });
+        }
+    });
+    assert!(
+        wait_until(LIMIT, || log_lines(&d, RELEASED) == 1),
+        "no release after the calls:\n{}",
+        d.log_text()
+    );
+    let line = d
+        .log_text()
+        .lines()
+        .find(|l| l.contains(RELEASED))
+        .map(str::to_string)
+        .unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+    };
+    assert!(field("rss_after_kib") <= field("rss_before_kib"), "{line}");
+    assert!(line.contains("quiet after 4 operations"), "{line}");
+    // Another spell, another release; quiet alone releases nothing more.
+    let out = d.run(&["call", "whoami"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    assert!(
+        wait_until(LIMIT, || log_lines(&d, RELEASED) == 2),
+        "no release after the second spell:\n{}",
+        d.log_text()
+    );
+    assert!(d.log_text().contains("quiet after 5 operations"));
+}
