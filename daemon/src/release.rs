@@ -4,8 +4,9 @@
 //! arenas: after a soak of 500 clients the daemon held ~150 MiB more than
 //! it used, which `malloc_trim` returns (docs/RELIABILITY.md). Once no
 //! channel has opened for `server.release_memory_after_secs`, after some
-//! did, the daemon trims once. A busy daemon reuses that memory and is
-//! left alone; an idle one is not woken for nothing.
+//! did, the daemon trims once: it looks once per period, so one to two
+//! periods after the last operation. A busy daemon reuses that memory and
+//! is left alone; an idle one is trimmed once, not every period.
 
 use crate::server::Shared;
 use crate::shutdown::Shutdown;
