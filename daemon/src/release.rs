@@ -43,9 +43,10 @@ pub async fn when_quiet(shared: Arc<Shared>, mut shutdown: Shutdown) {
         }
         let after = rss_kib();
         tracing::info!(
+            operations = made,
             rss_before_kib = before,
             rss_after_kib = after,
-            "quiet after {made} operations: freed memory given back to the system"
+            "quiet: freed memory given back to the system"
         );
     }
 }
