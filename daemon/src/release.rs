@@ -20,11 +20,11 @@ pub async fn when_quiet(shared: Arc<Shared>, mut shutdown: Shutdown) {
     let mut seen = crate::channel::made();
     let mut released_at = seen;
     loop {
-        let after = shared.config().server.release_memory_after();
-        let wait = if after.is_zero() {
+        let period = shared.config().server.release_memory_after();
+        let wait = if period.is_zero() {
             DISABLED_RECHECK
         } else {
-            after
+            period
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -33,19 +33,18 @@ pub async fn when_quiet(shared: Arc<Shared>, mut shutdown: Shutdown) {
         let made = crate::channel::made();
         let quiet = made == seen;
         seen = made;
-        if after.is_zero() || !quiet || made == released_at {
+        if period.is_zero() || !quiet || made == released_at {
             continue;
         }
         released_at = made;
-        let before = rss_kib();
+        let rss_before = rss_kib();
         if tokio::task::spawn_blocking(trim).await.is_err() {
             continue;
         }
-        let after = rss_kib();
         tracing::info!(
             operations = made,
-            rss_before_kib = before,
-            rss_after_kib = after,
+            rss_before_kib = rss_before,
+            rss_after_kib = rss_kib(),
             "quiet: freed memory given back to the system"
         );
     }

@@ -383,15 +383,7 @@ fn one_shot_calls_take_one_frame_each_way_when_both_sides_say_so() {
         // and a REPLY is the server's to send: both end that connection.
         c.send(call(5, "sleep", b"30")).await;
         c.send(call(5, "pong", b"again")).await;
-        match c.recv().await {
-            Some(Message::Error {
-                code: ErrorCode::Protocol,
-                message,
-            }) => {
-                assert!(message.contains("channel 5 is already open"), "{message}");
-            }
-            other => panic!("expected ERROR protocol, got {other:?}"),
-        }
+        expect_protocol_error(&mut c, "channel 5 is already open").await;
         old.send(Message::Reply {
             channel: 7,
             stream: 0,
@@ -401,15 +393,7 @@ fn one_shot_calls_take_one_frame_each_way_when_both_sides_say_so() {
             message: String::new(),
         })
         .await;
-        match old.recv().await {
-            Some(Message::Error {
-                code: ErrorCode::Protocol,
-                message,
-            }) => {
-                assert!(message.contains("Reply is not allowed"), "{message}");
-            }
-            other => panic!("expected ERROR protocol, got {other:?}"),
-        }
+        expect_protocol_error(&mut old, "Reply is not allowed").await;
         // Everyone else is still served.
         assert_eq!(d.run(&["call", "whoami"]).code(), 0);
     });
@@ -640,4 +624,15 @@ fn a_plugin_built_for_abi_1_0_still_loads_and_works() {
     assert_eq!(out.code(), 0, "{}", out.stderr_text());
     assert_eq!(out.stdout_text(), "read 0\n");
     drop(d);
+}
+
+/// The next frame is a fatal ERROR `protocol` whose message says `needle`.
+async fn expect_protocol_error(c: &mut RawClient, needle: &str) {
+    match c.recv().await {
+        Some(Message::Error {
+            code: ErrorCode::Protocol,
+            message,
+        }) => assert!(message.contains(needle), "{message}"),
+        other => panic!("expected ERROR protocol, got {other:?}"),
+    }
 }
